@@ -1,0 +1,1 @@
+"""Benchmarks: the paper's Table 1 measured, and training and decoding speed harnesses."""

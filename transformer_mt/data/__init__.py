@@ -1,0 +1,1 @@
+"""Corpus reading and cleaning, sentencepiece, binarized datasets and batching."""

@@ -1,0 +1,1 @@
+"""Beam search, greedy decoding and sampling, the translator, and scoring with sacreBLEU."""

@@ -1,0 +1,81 @@
+"""The one encoder/decoder interface that every model family implements.
+
+Beam search, the trainer and the CLI only ever talk to `EncoderDecoder`; they never ask which
+family they hold. Incremental decoding keeps its cache in a `DecoderState`, and both the encoder's
+output and that state can be reordered along the batch dimension, which is all a beam search needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import Tensor, nn
+
+
+@dataclass
+class EncoderOutput:
+    """What the decoder attends to. Every tensor is batch-first."""
+
+    states: Tensor  # (batch, src_len, dim)
+    padding_mask: Tensor  # (batch, src_len), True at padding
+    extras: dict[str, Tensor] = field(default_factory=dict)  # family-specific, batch-first
+
+    def reorder(self, indices: Tensor) -> EncoderOutput:
+        """A new output whose batch row i is row `indices[i]` of this one."""
+        return EncoderOutput(
+            states=self.states.index_select(0, indices),
+            padding_mask=self.padding_mask.index_select(0, indices),
+            extras={name: t.index_select(0, indices) for name, t in self.extras.items()},
+        )
+
+
+class DecoderState:
+    """The cache of incremental decoding: batch-first tensors by name, and the steps decoded so far."""
+
+    def __init__(self) -> None:
+        self.cache: dict[str, Tensor] = {}
+        self.steps = 0
+
+    def reorder(self, indices: Tensor) -> None:
+        """Keep, in place, batch row `indices[i]` as row i of every cached tensor."""
+        for name, tensor in self.cache.items():
+            self.cache[name] = tensor.index_select(0, indices)
+
+
+class EncoderDecoder(nn.Module):
+    """Base class of every model family. See docs/design.md for the contract."""
+
+    pad_id: int
+
+    def encode(self, src_tokens: Tensor) -> EncoderOutput:
+        raise NotImplementedError
+
+    def decode(
+        self, prev_tokens: Tensor, memory: EncoderOutput, state: DecoderState | None
+    ) -> tuple[Tensor, DecoderState | None]:
+        raise NotImplementedError
+
+    def forward_flops(self, batch_size: int, src_len: int, tgt_len: int) -> int:
+        raise NotImplementedError
+
+    @property
+    def max_positions(self) -> int | None:
+        return None
+
+    def forward(self, src_tokens: Tensor, prev_tokens: Tensor) -> Tensor:
+        """Teacher-forced logits (batch, tgt_len, vocab)."""
+        logits, _ = self.decode(prev_tokens, self.encode(src_tokens), None)
+        return logits
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Distinct parameters (tied embeddings counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def padding_mask(tokens: Tensor, pad_id: int) -> Tensor:
+    """(batch, len) bool, True at padding."""
+    return tokens.eq(pad_id)
+
+
+__all__ = ["EncoderOutput", "DecoderState", "EncoderDecoder", "count_parameters", "padding_mask"]

@@ -1,0 +1,1 @@
+"""Loss, optimiser and schedule, checkpoints, distributed set-up, FLOPs and the training loop."""
