@@ -1,0 +1,174 @@
+"""Checkpoints: written atomically, loaded without ever running code.
+
+A checkpoint is a dict of plain values and tensors (nanoGPT / torchtitan style):
+
+    format, model (state_dict of the unwrapped model), model_config (a plain dict with `arch`),
+    sentencepiece (the vocabulary model's bytes), optimizer, scaler, sampler, rng (one per rank),
+    step, epoch, config (the resolved run config), metrics
+
+Writing goes to a temporary file in the same folder, is flushed and fsync'ed, then renamed over the
+final name, so a crash mid-write leaves the previous checkpoint intact. Reading uses
+`torch.load(weights_only=True)`: a file that carries a pickled object other than tensors and plain
+containers is refused without executing it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import re
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = "transformer-mt/1"
+STEP_FILE = re.compile(r"checkpoint_(\d+)\.pt$")
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used; the message is one line meant for a person."""
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """Write `state` to `path` atomically (temp file + fsync + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(buffer.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise CheckpointError(f"could not write checkpoint {path}: {err.strerror or err}") from err
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by `save_checkpoint`, or raise one clear `CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty")
+    if not zipfile.is_zipfile(path):  # torch.save always writes a zip archive
+        raise CheckpointError(f"checkpoint {path} is truncated or not a checkpoint (not a torch.save archive)")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"refusing checkpoint {path}: it holds objects other than tensors and plain values "
+            f"and loading it could run code ({first})"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"checkpoint {path} is truncated or not a checkpoint ({first})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a transformer-mt checkpoint (expected format {FORMAT!r})")
+    return state
+
+
+def step_checkpoints(directory: str | Path) -> list[Path]:
+    """`checkpoint_<step>.pt` files in `directory`, oldest step first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := STEP_FILE.search(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def rotate(directory: str | Path, keep_last: int) -> None:
+    """Delete all but the newest `keep_last` step checkpoints (keep_last <= 0 keeps all)."""
+    if keep_last <= 0:
+        return
+    for old in step_checkpoints(directory)[:-keep_last]:
+        old.unlink(missing_ok=True)
+
+
+def load_for_inference(path: str | Path, device: str | torch.device = "cpu"):
+    """(model in eval mode, vocabulary, model config dict) rebuilt from a checkpoint alone."""
+    from transformer_mt.data.vocab import Vocabulary
+    from transformer_mt.models import build_model
+
+    state = load_checkpoint(path)
+    try:
+        vocab = Vocabulary(state["sentencepiece"])
+        model_config = dict(state["model_config"])
+        model = build_model(model_config, vocab_size=len(vocab), pad_id=vocab.pad_id)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"checkpoint {path} is incomplete or inconsistent ({err})") from None
+    embedding_rows = _vocab_rows(state["model"])
+    if embedding_rows is not None and embedding_rows != len(vocab):
+        raise CheckpointError(
+            f"checkpoint {path}: its model has a {embedding_rows}-token vocabulary but the "
+            f"sentencepiece model it carries has {len(vocab)} pieces"
+        )
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise CheckpointError(f"checkpoint {path} does not fit its model config ({first})") from None
+    return model.to(device).eval(), vocab, model_config
+
+
+def _vocab_rows(model_state: dict[str, torch.Tensor]) -> int | None:
+    """The vocabulary size of a state dict: rows of its first embedding matrix."""
+    for name, tensor in model_state.items():
+        if "embed" in name and name.endswith("weight") and tensor.dim() == 2:
+            return tensor.shape[0]
+    return None
+
+
+def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
+    """A checkpoint whose model parameters are the mean of those of `paths` (paper section 6.1).
+
+    Everything else (config, vocabulary) is taken from the last checkpoint; the optimiser state is
+    dropped, since an average is for decoding, not for resuming.
+    """
+    if not paths:
+        raise CheckpointError("no checkpoints to average")
+    total: dict[str, torch.Tensor] = {}
+    last: dict[str, Any] = {}
+    for path in paths:
+        last = load_checkpoint(path)
+        params = last["model"]
+        if total and params.keys() != total.keys():
+            raise CheckpointError(f"{path} holds a different model from {paths[0]}; cannot average")
+        for name, tensor in params.items():
+            if not tensor.is_floating_point():
+                total[name] = tensor.clone()
+            elif name in total:
+                total[name] += tensor.double()
+            else:
+                total[name] = tensor.double().clone()
+    model = {}
+    for name, tensor in total.items():
+        dtype = last["model"][name].dtype
+        model[name] = (tensor / len(paths)).to(dtype) if dtype.is_floating_point else tensor
+    keep = ("format", "model_config", "sentencepiece", "step", "epoch", "config")
+    averaged = {key: last[key] for key in keep if key in last}
+    averaged["model"] = model
+    averaged["averaged_from"] = [str(p) for p in paths]
+    return averaged

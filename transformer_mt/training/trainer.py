@@ -1,0 +1,443 @@
+"""The training loop (paper section 5): token-budget batches, Adam with warm-up, label smoothing.
+
+One plain loop that reads top to bottom. Where it runs (device, precision, ranks) is decided once in
+`distributed.init_runtime`; the step is
+
+    autocast -> loss -> scaler.scale(loss).backward() -> unscale -> clip -> step -> update -> zero_grad
+
+with gradient synchronisation only on the last micro-batch of an accumulation (`no_sync`). The loss of
+every micro-batch is divided by the number of target tokens of the whole update over all ranks, so a
+run on W ranks with `update_freq=k` computes the same gradient as one rank with `update_freq=W*k`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from transformer_mt.data.batching import Batch, TokenBatchSampler
+from transformer_mt.data.prepare import DataConfig, PreparedData, load_prepared, prepare_data
+from transformer_mt.models import EncoderDecoder, build_model, count_parameters
+from transformer_mt.training import checkpoint as ckpt
+from transformer_mt.training.cost import TrainingCost, cost_summary, device_peak_flops
+from transformer_mt.training.distributed import Runtime, gather_objects, init_runtime, shutdown
+from transformer_mt.training.loss import label_smoothed_cross_entropy
+from transformer_mt.training.metrics import TrainingLog
+from transformer_mt.training.optim import build_adam, learning_rate
+
+
+@dataclass
+class TrainerConfig:
+    # Batching: tokens per device per micro-batch, micro-batches per update.
+    max_tokens: int = 4096
+    update_freq: int = 1
+    # Stopping.
+    max_steps: int = 100_000
+    max_epochs: int = 0  # 0: no limit
+    patience: int = 0  # validations without improvement before stopping; 0: never stop early
+    # Optimiser and schedule (paper 5.3).
+    schedule: str = "noam"  # noam (the paper's formula) | inverse_sqrt (fairseq's) | constant
+    lr: float = 5e-4  # peak for inverse_sqrt, the rate for constant
+    lr_scale: float = 1.0  # factor on the paper's formula
+    warmup_steps: int = 4000
+    adam_betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
+    adam_eps: float = 1e-9
+    weight_decay: float = 0.0
+    clip_norm: float = 0.0  # 0: no clipping (the paper does not clip)
+    label_smoothing: float = 0.1
+    # Where and how.
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    device: str = "auto"  # auto | cpu | cuda
+    compile: bool = False
+    seed: int = 1
+    dist_timeout_s: float = 600.0
+    max_nonfinite_steps: int = 10  # consecutive non-finite updates before training stops
+    peak_flops: Optional[float] = None  # per-device peak FLOP/s for MFU when the device is unknown
+    # Logging, validation, checkpoints.
+    log_every: int = 50
+    valid_every: int = 1000
+    valid_bleu: bool = True
+    valid_bleu_sentences: int = 200
+    save_every: int = 1000
+    keep_last: int = 5
+    resume: bool = True
+
+    def __post_init__(self) -> None:
+        positive = ("max_tokens", "update_freq", "max_steps", "log_every", "valid_every", "save_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"trainer.{name} must be at least 1, got {getattr(self, name)}")
+        if self.warmup_steps < 1 and self.schedule != "constant":
+            raise ValueError(f"trainer.warmup_steps must be at least 1, got {self.warmup_steps}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"trainer.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if len(self.adam_betas) != 2:
+            raise ValueError(f"trainer.adam_betas needs two values, got {list(self.adam_betas)}")
+        learning_rate(1, schedule=self.schedule, warmup_steps=1, d_model=1, lr=1.0, lr_scale=1.0)
+
+
+class TrainingError(Exception):
+    """Training cannot go on; the message says why and where to resume from."""
+
+
+@dataclass
+class TrainState:
+    """What the loop carries between updates (and into checkpoints) besides the modules."""
+
+    step: int = 0
+    best_metric: Optional[float] = None
+    bad_validations: int = 0
+    nonfinite_in_a_row: int = 0
+    skipped_steps: int = 0
+
+
+def train(
+    data_cfg: DataConfig,
+    model_cfg: Any,
+    cfg: TrainerConfig,
+    decoding_cfg: Any,
+    output_dir: str | Path,
+    *,
+    run_config: dict[str, Any],
+) -> dict[str, Any]:
+    """Train until a stopping rule fires; returns the final metrics."""
+    runtime = init_runtime(device=cfg.device, precision=cfg.precision, timeout_s=cfg.dist_timeout_s)
+    try:
+        return _train(runtime, data_cfg, model_cfg, cfg, decoding_cfg, Path(output_dir), run_config)
+    finally:
+        shutdown(runtime)
+
+
+def _train(runtime, data_cfg, model_cfg, cfg, decoding_cfg, output_dir, run_config) -> dict[str, Any]:
+    checkpoints = output_dir / "checkpoints"
+    if runtime.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        data = prepare_data(data_cfg, output_dir)
+    runtime.barrier()
+    if not runtime.is_main:
+        data = load_prepared(output_dir)
+
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    model = build_model(model_cfg, vocab_size=len(data.vocab), pad_id=data.vocab.pad_id).to(runtime.device)
+    optimizer = build_adam(
+        model, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps, weight_decay=cfg.weight_decay, device=runtime.device
+    )
+    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.precision == "fp16")
+    train_set = data.dataset("train")
+    sampler = TokenBatchSampler(
+        train_set.src_sizes,
+        train_set.tgt_sizes,
+        max_tokens=cfg.max_tokens,
+        shuffle=True,
+        seed=cfg.seed,
+        rank=runtime.rank,
+        world_size=runtime.world_size,
+    )
+    state, cost = TrainState(), TrainingCost()
+    model_config = _plain(model_cfg)
+    last = checkpoints / "checkpoint_last.pt"
+    if cfg.resume and last.exists():
+        _restore(ckpt.load_checkpoint(last), runtime, model, optimizer, scaler, sampler, state, cost, model_config)
+    elif torch.distributed.is_initialized():
+        torch.manual_seed(cfg.seed + runtime.rank)  # distinct dropout masks per rank
+
+    step_model: nn.Module = model
+    if runtime.distributed:
+        step_model = DistributedDataParallel(model, device_ids=[runtime.device] if runtime.device.type == "cuda" else None)
+    if cfg.compile:
+        step_model = torch.compile(step_model)
+
+    log = TrainingLog(output_dir, total_steps=cfg.max_steps, initial_step=state.step, enabled=runtime.is_main)
+    log.info(
+        f"model {model_config['arch']}: {count_parameters(model):,} parameters; vocabulary {len(data.vocab)}; "
+        f"{len(train_set):,} training pairs, {len(sampler)} batches per epoch per rank; "
+        f"{runtime.world_size} rank(s) on {runtime.device.type}, {runtime.precision}"
+    )
+    if state.step:
+        log.info(f"resumed from {last} at step {state.step}")
+
+    def save(tag: str) -> None:
+        rng = gather_objects(runtime, _rng_state(runtime))
+        if runtime.is_main:
+            snapshot = {
+                "format": ckpt.FORMAT,
+                "model": model.state_dict(),
+                "model_config": model_config,
+                "sentencepiece": data.vocab.to_bytes(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
+                "sampler": sampler.state_dict(),
+                "rng": rng,
+                "step": state.step,
+                "train_state": _train_state_dict(state),
+                "cost": cost.state_dict(),
+                "config": run_config,
+            }
+            for name in _checkpoint_names(tag, state.step):
+                ckpt.save_checkpoint(snapshot, checkpoints / name)
+            ckpt.rotate(checkpoints, cfg.keep_last)
+
+    batches = _endless(sampler)
+    window = {"loss": 0.0, "nll": 0.0, "tokens": 0.0, "time": time.perf_counter()}
+    stop_reason = ""
+    metrics: dict[str, float] = {}
+    while not stop_reason:
+        if state.step >= cfg.max_steps:
+            stop_reason = f"reached max_steps={cfg.max_steps}"
+            break
+        group = [train_set.batch(next(batches)) for _ in range(cfg.update_freq)]
+        lr = learning_rate(
+            state.step + 1,
+            schedule=cfg.schedule,
+            warmup_steps=cfg.warmup_steps,
+            d_model=_d_model(model_config),
+            lr=cfg.lr,
+            lr_scale=cfg.lr_scale,
+        )
+        for group_params in optimizer.param_groups:
+            group_params["lr"] = lr
+        loss_sum, nll_sum, ntokens, grad_norm, applied = _update(
+            runtime, step_model, model, optimizer, scaler, group, cfg, cost
+        )
+        if applied:
+            state.step += 1
+            state.nonfinite_in_a_row = 0
+        else:
+            state.skipped_steps += 1
+            state.nonfinite_in_a_row += 1
+            if not scaler.is_enabled() and state.nonfinite_in_a_row >= cfg.max_nonfinite_steps:
+                raise TrainingError(
+                    f"{state.nonfinite_in_a_row} updates in a row had non-finite gradients at step "
+                    f"{state.step + 1}; the last good checkpoint is {last if last.exists() else 'none'}. "
+                    "Lower the learning rate or use trainer.precision=fp32/bf16."
+                )
+            continue
+        window["loss"] += loss_sum
+        window["nll"] += nll_sum
+        window["tokens"] += ntokens
+        if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
+            elapsed = time.perf_counter() - window["time"]
+            tokens = max(window["tokens"], 1.0)
+            metrics = {
+                "loss": window["loss"] / tokens / math.log(2),
+                "nll": window["nll"] / tokens / math.log(2),
+                "ppl": 2 ** (window["nll"] / tokens / math.log(2)),
+                "lr": lr,
+                "grad_norm": grad_norm,
+                "tokens_per_second": tokens / max(elapsed, 1e-9),
+                "loss_scale": scaler.get_scale() if scaler.is_enabled() else 1.0,
+                "skipped_steps": state.skipped_steps,
+                "epoch": _epochs_done(sampler),
+            }
+            if runtime.device.type == "cuda":
+                metrics["gpu_memory_gib"] = torch.cuda.max_memory_allocated(runtime.device) / 2**30
+            log.scalars("train", metrics, state.step)
+            log.info(
+                f"step {state.step} | epoch {metrics['epoch']:.2f} | loss {metrics['loss']:.3f} | "
+                f"nll {metrics['nll']:.3f} | ppl {metrics['ppl']:.2f} | lr {lr:.3g} | gnorm {grad_norm:.3f} | "
+                f"tok/s {metrics['tokens_per_second']:.0f}"
+                + (f" | loss scale {metrics['loss_scale']:.0f}" if scaler.is_enabled() else "")
+            )
+            window = {"loss": 0.0, "nll": 0.0, "tokens": 0.0, "time": time.perf_counter()}
+        log.advance(1, {"loss": f"{loss_sum / max(ntokens, 1) / math.log(2):.3f}", "lr": f"{lr:.2e}"})
+
+        if cfg.max_epochs and _epochs_done(sampler) >= cfg.max_epochs:
+            stop_reason = f"reached max_epochs={cfg.max_epochs}"
+        elif state.step >= cfg.max_steps:
+            stop_reason = f"reached max_steps={cfg.max_steps}"
+        if state.step % cfg.valid_every == 0 or stop_reason:
+            improved = _validate_and_track(runtime, model, data, cfg, decoding_cfg, state, log)
+            if cfg.patience and state.bad_validations >= cfg.patience:
+                stop_reason = stop_reason or f"no improvement in {cfg.patience} validations (patience)"
+            if improved:
+                save("best")
+        if state.step % cfg.save_every == 0 or stop_reason:
+            save("step")
+
+    totals = runtime.all_reduce_sum([cost.flops, cost.target_tokens])
+    log.info(f"stopped: {stop_reason}")
+    peak = cfg.peak_flops or device_peak_flops(runtime.device, runtime.precision)
+    for line in cost_summary(
+        flops=totals[0],
+        wall_seconds=cost.elapsed(),
+        target_tokens=int(totals[1]),
+        devices=runtime.world_size,
+        peak_flops=peak,
+    ):
+        log.info(line)
+    log.close()
+    return {"step": state.step, "best": state.best_metric, "stop_reason": stop_reason, "flops": totals[0]}
+
+
+def _update(runtime: Runtime, step_model, model, optimizer, scaler, group: list[Batch], cfg, cost):
+    """One optimiser update over `update_freq` micro-batches. Returns sums over all ranks."""
+    local_tokens = sum(b.ntokens for b in group)
+    (global_tokens,) = runtime.all_reduce_sum([local_tokens])
+    loss_total = torch.zeros((), dtype=torch.float64, device=runtime.device)
+    nll_total = torch.zeros((), dtype=torch.float64, device=runtime.device)
+    model.train()
+    for i, batch in enumerate(group):
+        batch = batch.to(runtime.device, non_blocking=True)
+        last = i == len(group) - 1
+        sync = contextlib.nullcontext() if last or not runtime.distributed else step_model.no_sync()
+        with sync:
+            with runtime.autocast():
+                logits = step_model(batch.src_tokens, batch.prev_tokens)
+            loss, nll = label_smoothed_cross_entropy(
+                logits, batch.target, epsilon=cfg.label_smoothing, ignore_index=model.pad_id
+            )
+            # DDP averages gradients over ranks; scaling by world_size / tokens makes it a per-token mean.
+            scaler.scale(loss * (runtime.world_size / global_tokens)).backward()
+        loss_total += loss.detach().double()
+        nll_total += nll.detach().double()
+        cost.add_batch(
+            model.forward_flops(*batch.src_tokens.shape, batch.target.shape[1]),
+            int(batch.src_lengths.sum()),
+            batch.ntokens,
+        )
+    scaler.unscale_(optimizer)
+    max_norm = cfg.clip_norm if cfg.clip_norm > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    loss_sum, nll_sum = runtime.all_reduce_sum([loss_total.item(), nll_total.item()])
+    finite = math.isfinite(grad_norm.item())
+    if finite or scaler.is_enabled():
+        scale_before = scaler.get_scale() if scaler.is_enabled() else None
+        scaler.step(optimizer)  # skipped by the scaler itself when fp16 gradients overflowed
+        scaler.update()
+        if scaler.is_enabled() and scaler.get_scale() < scale_before:
+            finite = False
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum, nll_sum, global_tokens, float(grad_norm), finite
+
+
+@torch.no_grad()
+def validation_loss(runtime: Runtime, model: EncoderDecoder, data: PreparedData, cfg: TrainerConfig) -> dict:
+    """Per-token loss and nll (base 2) on the valid split, sharded over the ranks."""
+    valid = data.dataset("valid")
+    sampler = TokenBatchSampler(
+        valid.src_sizes,
+        valid.tgt_sizes,
+        max_tokens=cfg.max_tokens,
+        shuffle=False,
+        rank=runtime.rank,
+        world_size=runtime.world_size,
+    )
+    model.eval()
+    loss_sum = nll_sum = tokens = 0.0
+    for indices in sampler:
+        batch = valid.batch(indices).to(runtime.device)
+        with runtime.autocast():
+            logits = model(batch.src_tokens, batch.prev_tokens)
+        loss, nll = label_smoothed_cross_entropy(
+            logits, batch.target, epsilon=cfg.label_smoothing, ignore_index=model.pad_id
+        )
+        loss_sum, nll_sum, tokens = loss_sum + loss.item(), nll_sum + nll.item(), tokens + batch.ntokens
+    loss_sum, nll_sum, tokens = runtime.all_reduce_sum([loss_sum, nll_sum, tokens])
+    nll = nll_sum / max(tokens, 1) / math.log(2)
+    return {"loss": loss_sum / max(tokens, 1) / math.log(2), "nll": nll, "ppl": 2**nll}
+
+
+def _validate_and_track(runtime, model, data, cfg, decoding_cfg, state: TrainState, log) -> bool:
+    """Validate, log, and update best / patience. Returns whether the metric improved."""
+    scores = validation_loss(runtime, model, data, cfg)
+    metric = -scores["loss"]
+    if cfg.valid_bleu:
+        bleu = validation_bleu(runtime, model, data, cfg, decoding_cfg) if runtime.is_main else 0.0
+        (bleu,) = runtime.all_reduce_sum([bleu])  # every rank takes the same decision
+        scores["bleu"] = metric = bleu
+    log.scalars("valid", scores, state.step)
+    log.info("valid | " + " | ".join(f"{k} {v:.3f}" for k, v in scores.items()) + f" | step {state.step}")
+    improved = state.best_metric is None or metric > state.best_metric
+    if improved:
+        state.best_metric, state.bad_validations = metric, 0
+    else:
+        state.bad_validations += 1
+    return improved
+
+
+def validation_bleu(runtime, model, data: PreparedData, cfg: TrainerConfig, decoding_cfg) -> float:
+    """sacreBLEU of the first `valid_bleu_sentences` validation sentences, decoded as at test time."""
+    from transformer_mt.decoding.scoring import corpus_scores
+    from transformer_mt.decoding.translator import Translator
+
+    src_path, tgt_path = data.text_paths("valid")
+    sources = src_path.read_text(encoding="utf-8").splitlines()[: cfg.valid_bleu_sentences]
+    references = tgt_path.read_text(encoding="utf-8").splitlines()[: cfg.valid_bleu_sentences]
+    translator = Translator([model], data.vocab, decoding_cfg, device=runtime.device)
+    hypotheses = [hyps[0].text if hyps else "" for hyps in translator.translate(sources)]
+    return corpus_scores(hypotheses, references)["bleu"]
+
+
+def _endless(sampler: TokenBatchSampler):
+    """Batches of index lists, epoch after epoch; the sampler keeps its own position."""
+    while True:
+        yield from sampler
+
+
+def _epochs_done(sampler: TokenBatchSampler) -> float:
+    state = sampler.state_dict()
+    return state["epoch"] + state["position"] / max(len(sampler), 1)
+
+
+def _checkpoint_names(tag: str, step: int) -> list[str]:
+    if tag == "best":
+        return ["checkpoint_best.pt"]
+    return [f"checkpoint_{step}.pt", "checkpoint_last.pt"]
+
+
+def _rng_state(runtime: Runtime) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if runtime.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(runtime.device)
+    return state
+
+
+def _train_state_dict(state: TrainState) -> dict[str, Any]:
+    return dict(vars(state))
+
+
+def _restore(saved, runtime, model, optimizer, scaler, sampler, state, cost, model_config) -> None:
+    if saved["model_config"] != model_config:
+        raise TrainingError(
+            "the output_dir holds a checkpoint of a different model "
+            f"({saved['model_config']} vs {model_config}); choose another output_dir or set trainer.resume=false"
+        )
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scaler.load_state_dict(saved["scaler"])
+    sampler.load_state_dict(saved["sampler"])
+    for key, value in saved["train_state"].items():
+        setattr(state, key, value)
+    cost.load_state_dict(saved["cost"])
+    rng = saved["rng"]
+    if len(rng) == runtime.world_size:
+        torch.set_rng_state(rng[runtime.rank]["torch"])
+        if runtime.device.type == "cuda" and "cuda" in rng[runtime.rank]:
+            torch.cuda.set_rng_state(rng[runtime.rank]["cuda"], runtime.device)
+    else:
+        torch.manual_seed(saved["step"] * 1000 + runtime.rank)  # a new world size: fresh, distinct streams
+
+
+def _plain(model_cfg: Any) -> dict[str, Any]:
+    """The model config as a plain dict (what a checkpoint stores)."""
+    from dataclasses import asdict, is_dataclass
+
+    if is_dataclass(model_cfg):
+        return asdict(model_cfg)
+    return dict(model_cfg)
+
+
+def _d_model(model_config: dict[str, Any]) -> int:
+    """The width the paper's schedule scales by (d_model, or the family's equivalent)."""
+    for key in ("d_model", "hidden_size", "embed_dim"):
+        if key in model_config:
+            return int(model_config[key])
+    return 512
