@@ -1,0 +1,77 @@
+"""The command line: help, config validation before any work, and every shipped preset composing."""
+
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import run_cli
+from transformer_mt.config import CONFIG_DIR, ConfigError, compose_config, to_objects
+
+
+def test_help_lists_every_command():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in ("prepare", "train", "evaluate", "translate", "average"):
+        assert command in result.stdout
+
+
+def test_command_help_shows_the_config():
+    result = run_cli("train", "--help", "model=transformer_base")
+    assert result.returncode == 0, result.stderr
+    assert "d_model: 512" in result.stdout and "max_tokens" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.d_modl=512", "d_modl"),
+        ("trainer.max_tokens=lots", "max_tokens"),
+        ("model=transformer_huge", "transformer_huge"),
+        ("trainer.update_freq=0", "update_freq"),
+        ("trainer.precision=fp8", "precision"),
+    ],
+)
+def test_bad_config_is_one_clear_error_before_any_work(tmp_path, override, message):
+    result = run_cli("train", override, f"output_dir={tmp_path / 'run'}")
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_unknown_command_is_refused():
+    result = run_cli("fly")
+    assert result.returncode == 2 and "unknown command" in result.stderr
+
+
+def shipped(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", shipped("experiment"))
+def test_every_experiment_composes(experiment):
+    run = to_objects(compose_config("train", [f"experiment={experiment}"]))
+    assert run.output_dir and run.model.arch in ("transformer", "lstm", "convs2s")
+
+
+@pytest.mark.parametrize("model", shipped("model"))
+def test_every_model_preset_composes(model):
+    run = to_objects(compose_config("train", [f"model={model}"]))
+    assert run.model.arch in ("transformer", "lstm", "convs2s")
+
+
+@pytest.mark.parametrize("data", shipped("data"))
+def test_every_data_preset_composes(data):
+    to_objects(compose_config("train", [f"data={data}"]))
+
+
+def test_decoding_options_sit_at_the_top_level_of_translate():
+    cfg = to_objects(compose_config("translate", ["beam=5", "nbest=2", "checkpoint=[a.pt,b.pt]"]))
+    assert cfg.beam == 5 and cfg.nbest == 2 and list(cfg.checkpoint) == ["a.pt", "b.pt"]
+    with pytest.raises(ConfigError, match="nbest"):
+        to_objects(compose_config("translate", ["beam=2", "nbest=3"]))
+
+
+def test_configs_ship_inside_the_package():
+    assert (Path(CONFIG_DIR) / "trainer" / "default.yaml").is_file()

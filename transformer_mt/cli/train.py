@@ -1,0 +1,27 @@
+"""Train a model on a prepared (or to-be-prepared) corpus.
+
+Resumes from <output_dir>/checkpoints/checkpoint_last.pt when it exists (trainer.resume=false starts
+over). Launch with `torchrun --nproc_per_node=N -m transformer_mt train ...` for DDP."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from transformer_mt.cli.common import load_config
+from transformer_mt.training.trainer import train
+
+
+def main(overrides: list[str], show_help: bool) -> None:
+    run = load_config("train", overrides, show_help, __doc__)
+    if run is None:
+        return
+    resolved = asdict(run)
+    if int(os.environ.get("RANK", 0)) == 0:
+        output_dir = Path(run.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved), encoding="utf-8")
+    train(run.data, run.model, run.trainer, run.decoding, run.output_dir, run_config=resolved)

@@ -1,0 +1,61 @@
+"""Translate raw text with a checkpoint (or an ensemble: checkpoint=[a.pt,b.pt]).
+
+Reads standard input (or input=FILE) and writes exactly one line per input line, in order, empty
+lines included (interactive, line by line, when standard input is a terminal). With nbest=K each
+input line gives K lines `INDEX<TAB>RANK<TAB>SCORE<TAB>TEXT` instead. The sentencepiece model travels
+inside the checkpoint, so the checkpoint path is all that is needed."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from typing import BinaryIO, TextIO
+
+from transformer_mt.cli.common import load_config, load_translator
+from transformer_mt.decoding.translator import format_nbest
+
+CHUNK_LINES = 2000  # translate this many lines at a time: bounded memory on any input size
+
+
+def main(overrides: list[str], show_help: bool) -> None:
+    cfg = load_config("translate", overrides, show_help, __doc__)
+    if cfg is None:
+        return
+    translator, _ = load_translator(cfg)
+    source = open(cfg.input, "rb") if cfg.input else sys.stdin.buffer  # noqa: SIM115
+    sink = open(cfg.output, "w", encoding="utf-8") if cfg.output else sys.stdout  # noqa: SIM115
+    interactive = cfg.input is None and sys.stdin.isatty()
+    try:
+        index = 0
+        for chunk in _chunks(source, 1 if interactive else CHUNK_LINES):
+            for hyps in translator.translate(chunk):
+                _write(sink, index, hyps, cfg.nbest)
+                index += 1
+            sink.flush()
+    finally:
+        if cfg.input:
+            source.close()
+        if cfg.output:
+            sink.close()
+
+
+def _chunks(source: BinaryIO, size: int) -> Iterator[list[str]]:
+    """Lines split on '\\n' only (never on other Unicode breaks), decoded leniently."""
+    chunk: list[str] = []
+    for raw in source:
+        chunk.append(raw.rstrip(b"\r\n").decode("utf-8", errors="replace").lstrip("\ufeff"))
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _write(sink: TextIO, index: int, hyps: list, nbest: int) -> None:
+    if nbest > 1:
+        if hyps:
+            sink.write(format_nbest(index, hyps) + "\n")
+        else:
+            sink.write(f"{index}\t1\t0.0\t\n")
+    else:
+        sink.write((hyps[0].text if hyps else "") + "\n")

@@ -1,0 +1,139 @@
+"""The typed configuration of every command, registered with Hydra's ConfigStore.
+
+Each part of the system owns the dataclass of its part (`DataConfig` in data/prepare.py,
+`TransformerConfig` in models/transformer.py, `TrainerConfig` in training/trainer.py, ...). Here they
+are registered as the schemas that the YAML presets in `configs/` extend, and assembled into one root
+config per command. Composition goes through Hydra's compose API, so a misspelt key, a wrong type or
+an unknown preset is an error before any work starts, and no Hydra run folder is created (each DDP
+rank would otherwise make its own).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional
+
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.errors import HydraException
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from transformer_mt.data.prepare import DataConfig
+from transformer_mt.decoding.search import DecodingConfig
+from transformer_mt.models.convs2s import ConvS2SConfig
+from transformer_mt.models.lstm import LSTMConfig
+from transformer_mt.models.transformer import TransformerConfig
+from transformer_mt.training.trainer import TrainerConfig
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(Exception):
+    """A configuration that cannot work; the message says what to change."""
+
+
+@dataclass
+class TrainRunConfig:
+    """`prepare` and `train`: data, model, trainer and validation decoding, and where to write."""
+
+    defaults: List[Any] = field(
+        default_factory=lambda: [
+            "_self_",
+            {"data": "sample"},
+            {"model": "transformer_tiny"},
+            {"trainer": "default"},
+            {"decoding": "default"},
+            {"experiment": "sample"},
+        ]
+    )
+    data: DataConfig = MISSING
+    model: Any = MISSING
+    trainer: TrainerConfig = MISSING
+    decoding: DecodingConfig = MISSING
+    output_dir: str = "runs/sample"
+
+
+@dataclass
+class EvaluateConfig(DecodingConfig):
+    """`evaluate`: decode a test set and score it. Decoding options sit at the top level (beam=5)."""
+
+    checkpoint: Any = None  # a path, or a list of paths for an ensemble
+    split: str = "test"  # the prepared split beside the checkpoint's run, unless input/reference given
+    input: Optional[str] = None
+    reference: Optional[str] = None
+    output: Optional[str] = None  # write the hypotheses here
+    report: Optional[str] = None  # write scores, signatures and settings here as JSON
+    tokenized_bleu: bool = False
+    device: str = "auto"
+    precision: str = "fp32"
+
+
+@dataclass
+class TranslateConfig(DecodingConfig):
+    """`translate`: raw text in, translations out, one line per line."""
+
+    checkpoint: Any = None
+    input: Optional[str] = None  # default: standard input
+    output: Optional[str] = None  # default: standard output
+    device: str = "auto"
+    precision: str = "fp32"
+
+
+@dataclass
+class AverageConfig:
+    """`average`: the mean of the parameters of several checkpoints (paper section 6.1)."""
+
+    output_dir: Optional[str] = None  # take the newest `last` step checkpoints of this run
+    last: int = 5
+    checkpoints: Optional[List[str]] = None  # or these files
+    output: Optional[str] = None  # default: <output_dir>/checkpoints/checkpoint_avg_last<N>.pt
+
+
+ROOTS = {
+    "prepare": TrainRunConfig,
+    "train": TrainRunConfig,
+    "evaluate": EvaluateConfig,
+    "translate": TranslateConfig,
+    "average": AverageConfig,
+}
+
+
+def register() -> None:
+    store = ConfigStore.instance()
+    store.store(group="data", name="data_schema", node=DataConfig)
+    store.store(group="model", name="transformer_schema", node=TransformerConfig)
+    store.store(group="model", name="lstm_schema", node=LSTMConfig)
+    store.store(group="model", name="convs2s_schema", node=ConvS2SConfig)
+    store.store(group="trainer", name="trainer_schema", node=TrainerConfig)
+    store.store(group="decoding", name="decoding_schema", node=DecodingConfig)
+    for name, node in ROOTS.items():
+        store.store(name=f"{name}_root", node=node)
+
+
+def compose_config(command: str, overrides: list[str]) -> DictConfig:
+    """The composed (not yet instantiated) config of `command` with command-line overrides."""
+    register()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name=command):
+            cfg = compose(config_name=f"{command}_root", overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(_one_line(err)) from None
+    if "defaults" in cfg:
+        del cfg["defaults"]
+    return cfg
+
+
+def to_objects(cfg: DictConfig) -> Any:
+    """Instantiate the dataclasses (running their validation)."""
+    try:
+        return OmegaConf.to_object(cfg)
+    except (ValueError, TypeError, OmegaConfBaseException) as err:
+        raise ConfigError(_one_line(err)) from None
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    # OmegaConf appends its own location lines ("full_key: ...  object_type=..."); keep the message.
+    return text.split(" full_key:")[0] if " full_key:" in text else text
