@@ -1,0 +1,148 @@
+"""From raw lines of text to translations: encode, batch, search, detokenize (paper section 6.1).
+
+`Translator.translate` keeps exactly one result per input line, in input order:
+
+- an empty or whitespace-only line gives one empty hypothesis (text "", score 0) without a model call;
+- a line longer than the model's positions is truncated to fit (with a warning naming its 1-based
+  line number), never dropped;
+- sentences are sorted by length and cut into batches of at most `cfg.max_tokens` padded source
+  tokens (a longer sentence gets a batch of its own), so little compute goes to padding; the
+  results are put back in input order. The search gives a sentence the same output whatever batch
+  it lands in (except for rounding differences of the model's batched kernels, and for sampling,
+  which draws from one generator per batch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from transformer_mt.data.vocab import Vocabulary
+from transformer_mt.decoding.search import DecodingConfig, Hypothesis, generate
+from transformer_mt.models.interface import EncoderDecoder
+
+
+@dataclass
+class Translation(Hypothesis):
+    """A hypothesis with its detokenized text."""
+
+    text: str = ""
+
+
+class Translator:
+    """Translates lines of raw text with one model or an ensemble that shares one vocabulary."""
+
+    def __init__(
+        self,
+        models: Sequence[EncoderDecoder],
+        vocab: Vocabulary,
+        cfg: DecodingConfig,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | None = None,
+        warn: Callable[[str], None] | None = None,
+    ) -> None:
+        """`dtype` (torch.bfloat16 or torch.float16) runs the models under autocast; None: fp32.
+
+        `warn` receives the message of each truncated line (default: `warnings.warn`).
+        """
+        if not models:
+            raise ValueError("a Translator needs at least one model")
+        self.device = torch.device(device)
+        self.models = [model.to(self.device) for model in models]
+        self.vocab, self.cfg, self.dtype = vocab, cfg, dtype
+        self.warn = warn or (lambda message: warnings.warn(message, stacklevel=3))
+        positions = [m.max_positions for m in self.models if m.max_positions is not None]
+        self.max_positions = min(positions) if positions else None
+
+    def translate(self, lines: Sequence[str]) -> list[list[Translation]]:
+        """For each line, up to `cfg.nbest` translations, best first (exactly one list per line)."""
+        results: list[list[Translation]] = [[] for _ in lines]
+        sources: dict[int, list[int]] = {}  # line index -> source ids without EOS
+        for index, line in enumerate(lines):
+            if line.strip():
+                sources[index] = self._encode(index, line)
+            else:
+                results[index] = [
+                    Translation(tokens=[], score=0.0, logprob=0.0, positional_scores=[], text="")
+                ]
+        for indices in self._batches(sources):
+            src_tokens = self._collate([sources[i] for i in indices])
+            with self._autocast():
+                found = generate(
+                    self.models,
+                    src_tokens,
+                    self.cfg,
+                    bos_id=self.vocab.bos_id,
+                    eos_id=self.vocab.eos_id,
+                    pad_id=self.vocab.pad_id,
+                )
+            for index, hyps in zip(indices, found, strict=True):
+                results[index] = [self._with_text(h) for h in hyps]
+        return results
+
+    def _encode(self, index: int, line: str) -> list[int]:
+        line = line.encode("utf-8", errors="replace").decode("utf-8")  # lone surrogates become "?"
+        ids = self.vocab.encode(line)
+        if self.max_positions is not None and len(ids) > self.max_positions - 1:
+            keep = self.max_positions - 1  # and the EOS makes max_positions
+            self.warn(
+                f"input line {index + 1}: {len(ids)} subword tokens do not fit the model's "
+                f"max_positions={self.max_positions}; translating only the first {keep}"
+            )
+            ids = ids[:keep]
+        return ids
+
+    def _batches(self, sources: dict[int, list[int]]) -> list[list[int]]:
+        """Line indices in batches of at most cfg.max_tokens padded source tokens, by length."""
+        batches: list[list[int]] = []
+        current: list[int] = []
+        for index in sorted(sources, key=lambda i: (len(sources[i]), i)):
+            width = len(sources[index]) + 1  # the longest so far, with its EOS
+            if current and (len(current) + 1) * width > self.cfg.max_tokens:
+                batches.append(current)
+                current = []
+            current.append(index)
+        if current:
+            batches.append(current)
+        return batches
+
+    def _collate(self, sentences: list[list[int]]) -> torch.Tensor:
+        """(batch, src_len) ids + EOS, right-padded with PAD."""
+        width = max(len(s) for s in sentences) + 1
+        src = torch.full((len(sentences), width), self.vocab.pad_id, dtype=torch.long)
+        for row, ids in enumerate(sentences):
+            src[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            src[row, len(ids)] = self.vocab.eos_id
+        return src.to(self.device)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def _with_text(self, hyp: Hypothesis) -> Translation:
+        return Translation(
+            hyp.tokens, hyp.score, hyp.logprob, hyp.positional_scores, self.vocab.decode(hyp.tokens)
+        )
+
+
+def format_nbest(line_index: int, hyps: Sequence[Translation]) -> str:
+    """The n-best list of one input line: a line `INDEX<TAB>RANK<TAB>SCORE<TAB>TEXT` per hypothesis.
+
+    INDEX is the input line's index as given (the CLI counts from 0), RANK counts from 1 (the best),
+    SCORE is the length-normalised log-probability the hypotheses are ranked by, with 4 decimals.
+    Tabs and line breaks inside TEXT become spaces, so each hypothesis stays on one line of four
+    fields. Lines are joined with "\\n", without a final newline; no hypotheses give "".
+    """
+    rows = []
+    for rank, hyp in enumerate(hyps, start=1):
+        text = " ".join(hyp.text.replace("\t", " ").splitlines())
+        rows.append(f"{line_index}\t{rank}\t{hyp.score:.4f}\t{text}")
+    return "\n".join(rows)
+
+
+__all__ = ["Translation", "Translator", "format_nbest"]
