@@ -1,0 +1,197 @@
+"""Token-budget batches over ranks and epochs, and the padded Batch."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from transformer_mt.data.batching import Batch, TokenBatchSampler, collate
+from transformer_mt.data.vocab import BOS_ID, EOS_ID, PAD_ID
+
+
+def random_sizes(n: int, seed: int = 0, high: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, high, n), rng.integers(0, high, n)
+
+
+def rank_samplers(src, tgt, world_size: int, **kwargs) -> list[TokenBatchSampler]:
+    return [TokenBatchSampler(src, tgt, rank=r, world_size=world_size, **kwargs) for r in range(world_size)]
+
+
+def assert_within_budget(batches, src, tgt, max_tokens: int) -> None:
+    for batch in batches:
+        if len(batch) > 1:  # a single over-long pair may exceed it, alone
+            assert len(batch) * (src[batch].max() + 1) <= max_tokens
+            assert len(batch) * (tgt[batch].max() + 1) <= max_tokens
+
+
+def test_collate_adds_eos_and_bos_and_pads():
+    pairs = [(np.array([4, 5, 6]), np.array([7])), (np.array([8]), np.array([9, 10]))]
+    batch = collate(pairs, [11, 3])
+    E, B, P = EOS_ID, BOS_ID, PAD_ID
+    assert batch.src_tokens.tolist() == [[4, 5, 6, E], [8, E, P, P]]
+    assert batch.src_lengths.tolist() == [4, 2]
+    assert batch.prev_tokens.tolist() == [[B, 7, P], [B, 9, 10]]
+    assert batch.target.tolist() == [[7, E, P], [9, 10, E]]
+    assert batch.ids.tolist() == [11, 3] and batch.ntokens == 5 and len(batch) == 2
+    assert all(t.dtype == torch.int64 for t in (batch.src_tokens, batch.src_lengths, batch.target, batch.ids))
+
+
+def test_batch_to_moves_every_tensor():
+    batch = collate([(np.array([4]), np.array([5]))], [0])
+    moved = batch.to("meta")
+    assert isinstance(moved, Batch) and moved.ntokens == 2  # target 5 + EOS
+    assert all(t.device.type == "meta" for t in (moved.src_tokens, moved.src_lengths, moved.prev_tokens))
+    assert all(t.device.type == "meta" for t in (moved.target, moved.ids))
+    assert batch.src_tokens.device.type == "cpu"
+
+
+def test_two_ranks_see_every_pair_exactly_once_with_equal_step_counts():
+    src, tgt = random_sizes(1001)
+    samplers = rank_samplers(src, tgt, 2, max_tokens=200, seed=3)
+    for epoch in range(2):
+        per_rank = [list(sampler) for sampler in samplers]
+        assert len(per_rank[0]) == len(per_rank[1]) == len(samplers[0])
+        seen = Counter(i for batches in per_rank for batch in batches for i in batch)
+        assert sorted(seen) == list(range(1001)) and set(seen.values()) == {1}, f"epoch {epoch}"
+        assert all(sampler.state_dict() == {"epoch": epoch + 1, "position": 0} for sampler in samplers)
+
+
+def test_batches_respect_the_token_budget_counting_padding():
+    src, tgt = random_sizes(500, seed=1)
+    sampler = TokenBatchSampler(src, tgt, max_tokens=120)
+    batches = list(sampler)
+    assert_within_budget(batches, src, tgt, 120)
+    assert max(len(b) for b in batches) > 1
+
+
+def test_max_sentences_caps_the_batch_size():
+    src, tgt = np.ones(50, int), np.ones(50, int)
+    batches = list(TokenBatchSampler(src, tgt, max_tokens=1000, max_sentences=8))
+    assert max(len(b) for b in batches) == 8 and sum(len(b) for b in batches) == 50
+
+
+def test_a_pair_longer_than_the_budget_goes_alone():
+    src, tgt = np.array([3, 3, 500, 3]), np.array([3, 3, 4, 3])
+    batches = list(TokenBatchSampler(src, tgt, max_tokens=16, shuffle=False))
+    assert [2] in batches and sorted(i for b in batches for i in b) == [0, 1, 2, 3]
+
+
+def test_largest_batches_are_split_until_ranks_get_equal_counts():
+    src = tgt = np.full(10, 4)  # 10 pairs of 5 tokens: one batch of 10 under max_tokens=50
+    assert len(TokenBatchSampler(src, tgt, max_tokens=50)) == 1
+    samplers = rank_samplers(src, tgt, 4, max_tokens=50)
+    sizes = sorted(len(b) for s in samplers for b in s)
+    assert len(samplers[0]) == 1 and sum(sizes) == 10 and sizes[-1] - sizes[0] <= 3
+
+
+def test_fewer_pairs_than_ranks_is_a_clear_error():
+    with pytest.raises(ValueError, match="cannot give 4 ranks the same number of batches"):
+        TokenBatchSampler([1, 2, 3], [1, 2, 3], max_tokens=100, world_size=4)
+
+
+def test_order_changes_per_epoch_but_composition_does_not():
+    src, tgt = random_sizes(400, seed=2)
+    sampler = TokenBatchSampler(src, tgt, max_tokens=100, seed=7)
+    first, second = list(sampler), list(sampler)
+    assert first != second
+    assert sorted(map(tuple, first)) == sorted(map(tuple, second))
+    replay = TokenBatchSampler(src, tgt, max_tokens=100, seed=7)
+    assert list(replay) == first
+
+
+def test_equal_lengths_are_bucketed_by_seed_not_by_index():
+    src = tgt = np.full(100, 5)
+    batches = [list(TokenBatchSampler(src, tgt, max_tokens=60, seed=s, shuffle=False)) for s in (1, 2)]
+    assert batches[0][0] != list(range(10)) and batches[0] != batches[1]
+
+
+def test_without_shuffle_order_is_fixed_and_sorted_by_length():
+    src, tgt = random_sizes(300, seed=4)
+    sampler = TokenBatchSampler(src, tgt, max_tokens=150, shuffle=False)
+    first, second = list(sampler), list(sampler)
+    assert first == second
+    longest = [int(tgt[b].max()) for b in first]
+    assert longest == sorted(longest)
+
+
+@pytest.mark.parametrize("stop_after", [0, 3, 7])
+def test_restored_state_continues_with_the_same_batches(stop_after):
+    src, tgt = random_sizes(600, seed=5)
+    kwargs = dict(max_tokens=150, seed=2, rank=1, world_size=2)
+    uninterrupted = TokenBatchSampler(src, tgt, **kwargs)
+    expected = list(uninterrupted) + list(uninterrupted)  # two epochs
+
+    interrupted = TokenBatchSampler(src, tgt, **kwargs)
+    list(interrupted)  # epoch 0 done
+    iterator = iter(interrupted)
+    taken = [next(iterator) for _ in range(stop_after)]
+    state = interrupted.state_dict()
+    assert state == {"epoch": 1, "position": stop_after}
+
+    restored = TokenBatchSampler(src, tgt, **kwargs)
+    restored.load_state_dict(state)
+    restored.set_epoch(1)  # a no-op for the epoch it is already in
+    assert taken + list(restored) == expected[len(uninterrupted) :]
+    assert restored.state_dict() == {"epoch": 2, "position": 0}
+
+
+def test_state_at_the_end_of_an_epoch_moves_on_to_the_next():
+    src, tgt = random_sizes(200, seed=6)
+    sampler = TokenBatchSampler(src, tgt, max_tokens=100)
+    epoch0 = iter(sampler)
+    for _ in range(len(sampler)):
+        next(epoch0)  # the last batch is taken, the generator not yet exhausted
+    state = sampler.state_dict()
+    assert state == {"epoch": 0, "position": len(sampler)}
+    restored = TokenBatchSampler(src, tgt, max_tokens=100)
+    restored.load_state_dict(state)
+    assert list(restored) == [] and restored.state_dict() == {"epoch": 1, "position": 0}
+    assert list(restored) == sampler.epoch_batches(1)
+
+
+def test_set_epoch_starts_a_new_epoch_from_the_beginning():
+    src, tgt = random_sizes(200, seed=8)
+    sampler = TokenBatchSampler(src, tgt, max_tokens=100)
+    next(iter(sampler))
+    sampler.set_epoch(5)
+    assert sampler.state_dict() == {"epoch": 5, "position": 0}
+    assert list(sampler) == sampler.epoch_batches(5)
+
+
+def test_state_from_other_data_is_refused():
+    sampler = TokenBatchSampler([1, 2, 3], [1, 2, 3], max_tokens=100)
+    with pytest.raises(ValueError, match="does not fit this data"):
+        sampler.load_state_dict({"epoch": 0, "position": 5})
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.tuples(st.integers(0, 60), st.integers(0, 60)), min_size=1, max_size=300),
+    max_tokens=st.integers(1, 400),
+    world_size=st.integers(1, 4),
+    max_sentences=st.one_of(st.none(), st.integers(1, 20)),
+    seed=st.integers(0, 5),
+)
+def test_every_pair_once_per_epoch_within_budget_for_any_sizes(
+    sizes, max_tokens, world_size, max_sentences, seed
+):
+    src, tgt = np.array([s for s, _ in sizes]), np.array([t for _, t in sizes])
+    kwargs = dict(max_tokens=max_tokens, max_sentences=max_sentences, seed=seed)
+    unsharded = len(TokenBatchSampler(src, tgt, **kwargs))
+    if -(-unsharded // world_size) * world_size > len(sizes):  # more batches needed than there are pairs
+        with pytest.raises(ValueError, match="cannot give"):
+            TokenBatchSampler(src, tgt, world_size=world_size, **kwargs)
+        return
+    samplers = rank_samplers(src, tgt, world_size, **kwargs)
+    per_rank = [list(s) for s in samplers]
+    assert len({len(batches) for batches in per_rank}) == 1
+    seen = Counter(i for batches in per_rank for batch in batches for i in batch)
+    assert sorted(seen) == list(range(len(sizes))) and set(seen.values()) == {1}
+    everything = [batch for batches in per_rank for batch in batches]
+    assert_within_budget(everything, src, tgt, max_tokens)
+    if max_sentences is not None:
+        assert max(len(b) for b in everything) <= max_sentences

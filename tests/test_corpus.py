@@ -1,0 +1,195 @@
+"""Reading parallel text (files and Hugging Face datasets) and cleaning the training split."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import pytest
+
+from transformer_mt.data.corpus import (
+    CleaningStats,
+    CorpusError,
+    HFCorpus,
+    TextCorpus,
+    clean_pairs,
+    read_lines,
+)
+
+
+def write_pair(tmp_path: Path, name: str, src: bytes | str, tgt: bytes | str) -> Path:
+    prefix = tmp_path / name
+    for lang, text in (("en", src), ("de", tgt)):
+        data = text.encode("utf-8") if isinstance(text, str) else text
+        Path(f"{prefix}.{lang}").write_bytes(data)
+    return prefix
+
+
+def pairs_of(prefix: Path, split: str = "train") -> list[tuple[str, str]]:
+    return list(TextCorpus({split: prefix}, "en", "de").pairs(split))
+
+
+def test_cleaning_counts_each_reason_once_and_keeps_the_rest():
+    pairs = [
+        ("a small house", "ein kleines Haus"),  # kept
+        ("", "leer"),  # empty source
+        ("   ", "   "),  # empty both (normalised lines are stripped)
+        ("one two three four five six", "eins zwei drei vier fünf sechs"),  # too long (max_len 5)
+        ("bad\x00byte", "kaputt"),  # control character
+        ("one", "eins zwei drei"),  # ratio 3 > 2
+        ("yes", "ja"),  # kept
+        ("x" * 50, "y"),  # too many characters (max_chars 40)
+    ]
+    stats = CleaningStats("train")
+    kept = list(clean_pairs(iter(pairs), stats, max_len=5, min_len=1, max_len_ratio=2.0, max_chars=40))
+    assert kept == [("a small house", "ein kleines Haus"), ("yes", "ja")]
+    assert (stats.read, stats.kept, stats.empty, stats.control, stats.too_long, stats.ratio) == (
+        8,
+        2,
+        2,
+        1,
+        2,
+        1,
+    )
+    assert stats.summary() == (
+        "train: 8 pairs read, 2 kept; dropped: 2 empty, 1 control characters, 2 too long, 1 ratio"
+    )
+
+
+def test_min_len_drops_short_pairs():
+    stats = CleaningStats("train")
+    kept = list(clean_pairs(iter([("a b", "c d"), ("a", "c d")]), stats, min_len=2))
+    assert kept == [("a b", "c d")] and stats.too_short == 1
+    assert stats.summary().endswith("dropped: 1 too short")
+
+
+def test_nothing_dropped_is_said_plainly():
+    stats = CleaningStats("train")
+    list(clean_pairs(iter([("a", "b")]), stats))
+    assert stats.summary() == "train: 1 pairs read, 1 kept; dropped: none"
+
+
+def test_crlf_cr_and_bom_are_normalised(tmp_path):
+    prefix = write_pair(tmp_path, "train", "\ufeffHello\r\nWorld  \r\n", "Hallo\rWelt\r")
+    assert pairs_of(prefix) == [("Hello", "Hallo"), ("World", "Welt")]
+
+
+def test_missing_final_newline_counts_the_last_line(tmp_path):
+    prefix = write_pair(tmp_path, "train", "a\nb", "c\nd\n")
+    assert pairs_of(prefix) == [("a", "c"), ("b", "d")]
+
+
+def test_line_separator_characters_inside_a_line_do_not_split_it(tmp_path):
+    # str.splitlines() would break these lines in two, misaligning any reader of the text.
+    prefix = write_pair(tmp_path, "test", "one\u2028two\x0cthree\rfour\n", "eins\n")
+    assert pairs_of(prefix, "test") == [("one two three four", "eins")]
+
+
+def test_invalid_utf8_names_the_file_and_line(tmp_path):
+    prefix = write_pair(tmp_path, "train", b"fine\nstill fine\ncaf\xe9\n", b"a\nb\nc\n")
+    with pytest.raises(CorpusError, match=r"train\.en:3: invalid UTF-8"):
+        pairs_of(prefix)
+
+
+@pytest.mark.parametrize("longer", ["en", "de"])
+def test_misaligned_files_name_both_files_and_line_counts(tmp_path, longer):
+    three, two = "a\nb\nc\n", "x\ny\n"
+    prefix = write_pair(tmp_path, "train", *((three, two) if longer == "en" else (two, three)))
+    counts = (3, 2) if longer == "en" else (2, 3)
+    pattern = rf"train\.en has {counts[0]} lines but .*train\.de has {counts[1]}"
+    with pytest.raises(CorpusError, match=pattern):
+        pairs_of(prefix)
+
+
+def test_empty_file_is_an_error_naming_it(tmp_path):
+    prefix = write_pair(tmp_path, "valid", "a\n", "")
+    with pytest.raises(CorpusError, match=r"valid\.de: file is empty"):
+        pairs_of(prefix, "valid")
+
+
+def test_missing_file_is_an_error_naming_it(tmp_path):
+    (tmp_path / "train.en").write_text("a\n")
+    with pytest.raises(CorpusError, match=r"train\.de: file not found"):
+        pairs_of(tmp_path / "train")
+
+
+def test_megabyte_line_streams_and_is_cleaned_as_too_long(tmp_path):
+    huge = "word " * 200_000  # 1 MB, 200k tokens
+    prefix = write_pair(tmp_path, "train", f"short\n{huge}\nlast\n", "kurz\nlang\nletzte\n")
+    stats = CleaningStats("train")
+    kept = list(clean_pairs(TextCorpus({"train": prefix}, "en", "de").pairs("train"), stats))
+    assert kept == [("short", "kurz"), ("last", "letzte")]
+    assert stats.too_long == 1
+
+
+def test_control_characters_drop_the_pair_without_shifting_the_others(tmp_path):
+    prefix = write_pair(tmp_path, "train", "a\nnul\x00here\nc\n", "A\nB\nC\n")
+    stats = CleaningStats("train")
+    kept = list(clean_pairs(TextCorpus({"train": prefix}, "en", "de").pairs("train"), stats))
+    assert kept == [("a", "A"), ("c", "C")] and stats.control == 1
+
+
+def test_read_lines_is_a_stream(tmp_path):
+    path = tmp_path / "x.en"
+    path.write_text("a\nb\n")
+    lines = read_lines(path)
+    assert next(lines) == "a" and list(lines) == ["b"]
+
+
+def test_fingerprint_changes_with_the_content(tmp_path):
+    prefix = write_pair(tmp_path, "train", "a\n", "b\n")
+    corpus = TextCorpus({"train": prefix}, "en", "de")
+    before = corpus.fingerprint()
+    Path(f"{prefix}.de").write_text("c\n")
+    assert corpus.fingerprint() != before and set(before) == {f"{prefix}.en", f"{prefix}.de"}
+
+
+def translation_rows(n: int, offset: int = 0) -> dict:
+    return {"translation": [{"de": f"Satz {i}", "en": f"sentence {i}"} for i in range(offset, offset + n)]}
+
+
+def test_saved_dataset_dict_is_read_like_the_hub(tmp_path):
+    splits = {"train": 5, "validation": 2, "test": 3}
+    datasets.DatasetDict(
+        {name: datasets.Dataset.from_dict(translation_rows(n)) for name, n in splits.items()}
+    ).save_to_disk(str(tmp_path / "wmt"))
+    corpus = HFCorpus("en", "de", path=str(tmp_path / "wmt"))
+    assert list(corpus.pairs("train"))[4] == ("sentence 4", "Satz 4")
+    assert [len(list(corpus.pairs(s))) for s in ("train", "valid", "test")] == [5, 2, 3]
+    assert len(corpus.fingerprint()) == 3
+
+
+def test_saved_dataset_per_split_folder_is_read(tmp_path):
+    for name in ("train", "validation", "test"):
+        datasets.Dataset.from_dict(translation_rows(2)).save_to_disk(str(tmp_path / name))
+    corpus = HFCorpus("de", "en", path=str(tmp_path))
+    assert list(corpus.pairs("valid")) == [("Satz 0", "sentence 0"), ("Satz 1", "sentence 1")]
+
+
+def test_saved_dataset_with_other_languages_says_which(tmp_path):
+    datasets.DatasetDict(
+        {name: datasets.Dataset.from_dict(translation_rows(1)) for name in ("train", "validation", "test")}
+    ).save_to_disk(str(tmp_path / "wmt"))
+    with pytest.raises(CorpusError, match="no 'en' or 'fr' text"):
+        list(HFCorpus("en", "fr", path=str(tmp_path / "wmt")).pairs("train"))
+
+
+def test_folder_without_a_saved_dataset_is_a_clear_error(tmp_path):
+    with pytest.raises(CorpusError, match="not a saved DatasetDict"):
+        HFCorpus("en", "de", path=str(tmp_path))
+
+
+def test_unreachable_hub_gives_one_line_naming_the_offline_alternatives(tmp_path):
+    code = (
+        "from transformer_mt.data.corpus import HFCorpus, CorpusError\n"
+        "try:\n    HFCorpus('en', 'de', name='wmt14', config='de-en')\n"
+        "except CorpusError as err:\n    print(err)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    message = result.stdout.strip()
+    assert "\n" not in message
+    assert "network" in message and "data.hf_path=DIR" in message and "data.source=files" in message

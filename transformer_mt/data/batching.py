@@ -1,0 +1,209 @@
+"""Batches of sentence pairs under a token budget, sharded over data-parallel ranks (paper section 5.1).
+
+"Sentence pairs were batched together by approximate sequence length. Each training batch contained
+a set of sentence pairs containing approximately 25000 source tokens and 25000 target tokens."
+`TokenBatchSampler` sorts the pairs by length, cuts the sorted list into batches whose *padded* size
+stays within `max_tokens` on each side, and hands every rank the same number of batches per epoch,
+in an order shuffled per epoch. `collate` turns the pairs of one batch into a `Batch` of tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from transformer_mt.data.vocab import BOS_ID, EOS_ID, PAD_ID
+
+
+@dataclass
+class Batch:
+    """One padded batch, as in docs/design.md. Sequences hold subword ids; BOS/EOS are added here."""
+
+    src_tokens: Tensor  # (batch, src_len) int64, source ids + EOS, right-padded with PAD
+    src_lengths: Tensor  # (batch,) int64, lengths including EOS
+    prev_tokens: Tensor  # (batch, tgt_len) int64, BOS + target ids, right-padded (decoder input)
+    target: Tensor  # (batch, tgt_len) int64, target ids + EOS, right-padded (what is predicted)
+    ids: Tensor  # (batch,) int64, the pairs' indices in the dataset
+    ntokens: int  # non-pad target tokens
+
+    def __len__(self) -> int:
+        return self.ids.numel()
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        def move(t: Tensor) -> Tensor:
+            return t.to(device, non_blocking=non_blocking)
+
+        return Batch(
+            src_tokens=move(self.src_tokens),
+            src_lengths=move(self.src_lengths),
+            prev_tokens=move(self.prev_tokens),
+            target=move(self.target),
+            ids=move(self.ids),
+            ntokens=self.ntokens,
+        )
+
+    def pin_memory(self) -> Batch:
+        """Page-locked copies, so that `.to("cuda", non_blocking=True)` overlaps with compute."""
+        return Batch(
+            src_tokens=self.src_tokens.pin_memory(),
+            src_lengths=self.src_lengths.pin_memory(),
+            prev_tokens=self.prev_tokens.pin_memory(),
+            target=self.target.pin_memory(),
+            ids=self.ids.pin_memory(),
+            ntokens=self.ntokens,
+        )
+
+
+def collate(pairs: Sequence[tuple[np.ndarray, np.ndarray]], ids: Sequence[int]) -> Batch:
+    """Pad the (source ids, target ids) pairs of one batch; `ids` are their indices in the dataset."""
+    src_lengths = np.array([len(src) + 1 for src, _ in pairs], dtype=np.int64)  # + EOS
+    tgt_lengths = np.array([len(tgt) + 1 for _, tgt in pairs], dtype=np.int64)  # + BOS or EOS
+    size = len(pairs)
+    src_tokens = np.full((size, src_lengths.max(initial=1)), PAD_ID, dtype=np.int64)
+    prev_tokens = np.full((size, tgt_lengths.max(initial=1)), PAD_ID, dtype=np.int64)
+    target = np.full_like(prev_tokens, PAD_ID)
+    for row, (src, tgt) in enumerate(pairs):
+        n, m = len(src), len(tgt)
+        src_tokens[row, :n] = src
+        src_tokens[row, n] = EOS_ID
+        prev_tokens[row, 0] = BOS_ID
+        prev_tokens[row, 1 : m + 1] = tgt
+        target[row, :m] = tgt
+        target[row, m] = EOS_ID
+    return Batch(
+        src_tokens=torch.from_numpy(src_tokens),
+        src_lengths=torch.from_numpy(src_lengths),
+        prev_tokens=torch.from_numpy(prev_tokens),
+        target=torch.from_numpy(target),
+        ids=torch.tensor(list(ids), dtype=torch.int64),
+        ntokens=int(tgt_lengths.sum()),
+    )
+
+
+class TokenBatchSampler:
+    """Yields lists of pair indices: this rank's batches of one epoch, from a saved position.
+
+    Budget: every batch of two or more pairs satisfies `len(batch) * max(src_len + 1) <= max_tokens`
+    and `len(batch) * max(tgt_len + 1) <= max_tokens` (padding counted, +1 for EOS/BOS), and has at
+    most `max_sentences` pairs. A single pair longer than `max_tokens` is not dropped: it goes alone
+    in its own batch, the only case where a batch exceeds the budget (filter long pairs when
+    preparing the data if that must not happen).
+
+    Batches are built once: pairs sorted by (target length, source length), ties broken by a seeded
+    random order, then cut greedily. Their composition is fixed; their order is shuffled per epoch by
+    (seed, epoch) (or kept in length order when `shuffle=False`, for validation). Rank r takes
+    batches r, r + world_size, ... of the epoch's order. So that every rank takes the same number of
+    steps and every pair is seen exactly once per epoch, the largest batches are split in two until
+    the batch count divides by world_size.
+
+    Epochs: `__iter__` yields the rest of the current epoch from `position`, then moves to the next
+    epoch (epoch + 1, position 0) once the caller has taken the last batch. `state_dict()` gives
+    {"epoch", "position"} where position counts the batches already handed out in this epoch;
+    a sampler given that state by `load_state_dict` continues with exactly the batches the original
+    would have yielded. (Behind a prefetching DataLoader, save the count the training loop consumed.)
+    """
+
+    def __init__(
+        self,
+        src_sizes: Sequence[int] | np.ndarray,
+        tgt_sizes: Sequence[int] | np.ndarray,
+        *,
+        max_tokens: int,
+        shuffle: bool = True,
+        seed: int = 1,
+        rank: int = 0,
+        world_size: int = 1,
+        max_sentences: int | None = None,
+    ) -> None:
+        src_sizes, tgt_sizes = np.asarray(src_sizes, np.int64), np.asarray(tgt_sizes, np.int64)
+        if src_sizes.shape != tgt_sizes.shape or src_sizes.ndim != 1:
+            raise ValueError(f"src_sizes {src_sizes.shape} and tgt_sizes {tgt_sizes.shape} must be equal 1-d")
+        if max_tokens < 1 or (max_sentences is not None and max_sentences < 1):
+            raise ValueError(
+                f"max_tokens ({max_tokens}) and max_sentences ({max_sentences}) must be positive"
+            )
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside 0..{world_size - 1} (world_size {world_size})")
+        self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
+        self.max_tokens = max_tokens
+        self.batches = _even_batches(
+            _pack(src_sizes, tgt_sizes, max_tokens, max_sentences or len(src_sizes) or 1, seed), world_size
+        )
+        self.epoch, self.position = 0, 0
+
+    def __len__(self) -> int:
+        """Batches per rank per epoch."""
+        return len(self.batches) // self.world_size
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start `epoch` from its beginning; a no-op when already in `epoch` (keeps a restored position)."""
+        if epoch != self.epoch:
+            self.epoch, self.position = epoch, 0
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """This rank's batches of `epoch`, in order."""
+        order = np.arange(len(self.batches))
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(self.batches))
+        return [self.batches[i] for i in order[self.rank :: self.world_size]]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self.epoch_batches(self.epoch)
+        while self.position < len(batches):
+            self.position += 1
+            yield batches[self.position - 1]
+        self.epoch, self.position = self.epoch + 1, 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        epoch, position = int(state["epoch"]), int(state["position"])
+        if epoch < 0 or not 0 <= position <= len(self):
+            raise ValueError(
+                f"sampler state {state} does not fit this data: {len(self)} batches per epoch on each rank; "
+                "was the checkpoint made with other data, max_tokens or world size?"
+            )
+        self.epoch, self.position = epoch, position
+
+
+def _pack(
+    src_sizes: np.ndarray, tgt_sizes: np.ndarray, max_tokens: int, max_sentences: int, seed: int
+) -> list[list[int]]:
+    """Cut the length-sorted pairs greedily into batches within the padded token budget."""
+    tie_break = np.random.default_rng(seed).permutation(len(src_sizes))
+    order = np.lexsort((tie_break, src_sizes, tgt_sizes))  # last key sorts first
+    batches: list[list[int]] = []
+    batch: list[int] = []
+    src_max = tgt_max = 0
+    for i, src, tgt in zip(order.tolist(), src_sizes[order].tolist(), tgt_sizes[order].tolist(), strict=True):
+        new_src, new_tgt = max(src_max, src + 1), max(tgt_max, tgt + 1)
+        size = len(batch) + 1
+        if batch and (size > max_sentences or size * new_src > max_tokens or size * new_tgt > max_tokens):
+            batches.append(batch)
+            batch, new_src, new_tgt = [], src + 1, tgt + 1
+        batch.append(i)
+        src_max, tgt_max = new_src, new_tgt
+    if batch:
+        batches.append(batch)
+    return batches
+
+
+def _even_batches(batches: list[list[int]], world_size: int) -> list[list[int]]:
+    """Split the largest batches in two until their number divides by world_size."""
+    while len(batches) % world_size:
+        largest = max(range(len(batches)), key=lambda b: len(batches[b]))
+        batch = batches[largest]
+        if len(batch) < 2:
+            total = sum(len(b) for b in batches)
+            raise ValueError(
+                f"cannot give {world_size} ranks the same number of batches: only {total} pairs "
+                f"in {len(batches)} batches; use fewer ranks or more data"
+            )
+        half = len(batch) // 2
+        batches[largest : largest + 1] = [batch[:half], batch[half:]]
+    return batches
