@@ -1,8 +1,8 @@
 """Beam search, greedy decoding and sampling over any `EncoderDecoder` (paper section 6.1).
 
-The paper decodes with "beam search with a beam size of 4 and length penalty alpha = 0.6", and a
-maximum output length of "input length + 50, but terminate early when possible". This file does
-exactly that for a batch of sentences and an ensemble of one or more models:
+The paper decodes with beam search, beam size 4 and length penalty alpha = 0.6, and a maximum
+output length of input length + 50, terminating early when possible. This file does that for a
+batch of sentences and an ensemble of one or more models:
 
 - Every step runs the decoder incrementally on the (sentences x beam) live hypotheses at once; a
   `DecoderState` per model carries the cache and is reordered (`DecoderState.reorder`) as beams are
@@ -101,8 +101,9 @@ def max_output_lengths(
     src_tokens: Tensor, cfg: DecodingConfig, pad_id: int, models: Sequence[EncoderDecoder]
 ) -> Tensor:
     """(batch,) the most tokens (without EOS) each sentence may produce before EOS is forced."""
-    src_lengths = src_tokens.ne(pad_id).sum(dim=1)  # (batch,), counting the source EOS
-    max_len = torch.floor(cfg.max_len_a * src_lengths.double() + cfg.max_len_b).long()
+    src_lengths = src_tokens.ne(pad_id).sum(dim=1).tolist()  # counting the source EOS
+    lengths = [int(cfg.max_len_a * n + cfg.max_len_b) for n in src_lengths]  # floor, in float64
+    max_len = torch.tensor(lengths, dtype=torch.long, device=src_tokens.device)
     positions = [m.max_positions for m in models if m.max_positions is not None]
     if positions:  # the decoder reads BOS + the tokens, so it sees at most max_len + 1 positions
         max_len = max_len.clamp(max=min(positions) - 1)
@@ -254,19 +255,17 @@ def _beam_search(
         cand_rows = cand_beams + (torch.arange(sentence.size(0), device=device) * beam).unsqueeze(1)
 
         ending = _finishing(cand_tokens, cand_scores, num_finished, beam, special.eos)  # (sent, beam)
-        if ending.any():
-            _finalise(
+        if ending.any():  # record the hypotheses that end with EOS at this step
+            which = ending.nonzero()  # (m, 2): active sentence, candidate position
+            ended = cand_rows[which[:, 0], which[:, 1]]  # (m,) their rows
+            eos_lprobs = lprobs[ended, special.eos].unsqueeze(1)  # (m, 1)
+            _record(
                 finished,
-                sentence,
-                ending,
-                cand_rows,
-                cand_scores,
-                tokens,
-                positional,
-                lprobs,
-                step,
-                cfg,
-                special,
+                sentence[which[:, 0]],
+                tokens[ended, 1 : step + 1],
+                torch.cat([positional[ended, :step], eos_lprobs], dim=1),
+                cand_scores[which[:, 0], which[:, 1]],
+                length_penalty(step + 1, cfg.lenpen),
             )
             num_finished += ending.sum(dim=1)
         done = num_finished.ge(beam) | max_len.le(step)  # (sent,)
@@ -290,30 +289,17 @@ def _beam_search(
     return [_best(hyps, cfg.nbest) for hyps in finished]
 
 
-def _finalise(
+def _record(
     finished: list[list[Hypothesis]],
-    sentence: Tensor,
-    ending: Tensor,
-    cand_rows: Tensor,
-    cand_scores: Tensor,
+    sentences: Tensor,
     tokens: Tensor,
     positional: Tensor,
-    lprobs: Tensor,
-    step: int,
-    cfg: DecodingConfig,
-    special: _SpecialIds,
+    logprobs: Tensor,
+    penalty: float,
 ) -> None:
-    """Record the hypotheses that end with EOS at `step` (so hold `step` tokens)."""
-    which = ending.nonzero()  # (m, 2): active sentence, candidate position
-    rows = cand_rows[which[:, 0], which[:, 1]]  # (m,)
-    eos_lprobs = lprobs[rows, special.eos].unsqueeze(1)  # (m, 1)
-    penalty = length_penalty(step + 1, cfg.lenpen)
-    token_lists = tokens[rows, 1 : step + 1].tolist()
-    positional_lists = torch.cat([positional[rows, :step], eos_lprobs], dim=1).tolist()
-    logprobs = cand_scores[which[:, 0], which[:, 1]].tolist()
-    for sent, toks, pos, logprob in zip(
-        sentence[which[:, 0]].tolist(), token_lists, positional_lists, logprobs, strict=True
-    ):
+    """Append a hypothesis per row to its sentence's list. tokens (m, len), positional (m, len + 1)."""
+    rows = zip(sentences.tolist(), tokens.tolist(), positional.tolist(), logprobs.tolist(), strict=True)
+    for sent, toks, pos, logprob in rows:
         finished[sent].append(Hypothesis(toks, logprob / penalty, logprob, pos))
 
 
@@ -362,15 +348,15 @@ def _sample(
         ended = drawn.eq(special.eos)
         if not ended.any():
             continue
-        penalty = length_penalty(step + 1, cfg.lenpen)
-        for sent, toks, pos in zip(
-            owner[ended].tolist(),
-            tokens[ended, 1 : step + 1].tolist(),
-            positional[ended, : step + 1].tolist(),
-            strict=True,
-        ):
-            logprob = math.fsum(pos)
-            finished[sent].append(Hypothesis(toks, logprob / penalty, logprob, pos))
+        scores = positional[ended, : step + 1]  # (m, step + 1)
+        _record(
+            finished,
+            owner[ended],
+            tokens[ended, 1 : step + 1],
+            scores,
+            scores.sum(dim=1),
+            length_penalty(step + 1, cfg.lenpen),
+        )
         keep = (~ended).nonzero().squeeze(1)
         if keep.numel() == 0:
             break
