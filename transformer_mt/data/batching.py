@@ -144,18 +144,22 @@ class TokenBatchSampler:
         if epoch != self.epoch:
             self.epoch, self.position = epoch, 0
 
-    def epoch_batches(self, epoch: int) -> list[list[int]]:
-        """This rank's batches of `epoch`, in order."""
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        """Which of `self.batches` this rank takes in `epoch`, in order."""
         order = np.arange(len(self.batches))
         if self.shuffle:
             order = np.random.default_rng([self.seed, epoch]).permutation(len(self.batches))
-        return [self.batches[i] for i in order[self.rank :: self.world_size]]
+        return order[self.rank :: self.world_size]
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """This rank's batches of `epoch`, in order (what iterating a whole epoch yields)."""
+        return [self.batches[b].tolist() for b in self._epoch_order(epoch)]
 
     def __iter__(self) -> Iterator[list[int]]:
-        batches = self.epoch_batches(self.epoch)
-        while self.position < len(batches):
+        order = self._epoch_order(self.epoch)
+        while self.position < len(order):
             self.position += 1
-            yield batches[self.position - 1]
+            yield self.batches[order[self.position - 1]].tolist()
         self.epoch, self.position = self.epoch + 1, 0
 
     def state_dict(self) -> dict[str, int]:
@@ -173,27 +177,26 @@ class TokenBatchSampler:
 
 def _pack(
     src_sizes: np.ndarray, tgt_sizes: np.ndarray, max_tokens: int, max_sentences: int, seed: int
-) -> list[list[int]]:
+) -> list[np.ndarray]:
     """Cut the length-sorted pairs greedily into batches within the padded token budget."""
     tie_break = np.random.default_rng(seed).permutation(len(src_sizes))
-    order = np.lexsort((tie_break, src_sizes, tgt_sizes))  # last key sorts first
-    batches: list[list[int]] = []
-    batch: list[int] = []
-    src_max = tgt_max = 0
-    for i, src, tgt in zip(order.tolist(), src_sizes[order].tolist(), tgt_sizes[order].tolist(), strict=True):
-        new_src, new_tgt = max(src_max, src + 1), max(tgt_max, tgt + 1)
-        size = len(batch) + 1
-        if batch and (size > max_sentences or size * new_src > max_tokens or size * new_tgt > max_tokens):
-            batches.append(batch)
-            batch, new_src, new_tgt = [], src + 1, tgt + 1
-        batch.append(i)
-        src_max, tgt_max = new_src, new_tgt
-    if batch:
-        batches.append(batch)
-    return batches
+    order = np.lexsort((tie_break, src_sizes, tgt_sizes))  # the last key sorts first
+    src_padded, tgt_padded = (src_sizes[order] + 1).tolist(), (tgt_sizes[order] + 1).tolist()  # + EOS/BOS
+    starts, start, src_max, tgt_max = [], 0, 0, 0
+    # A plain loop over Python ints (half a second per million pairs); only batch starts are kept.
+    for j, (src, tgt) in enumerate(zip(src_padded, tgt_padded, strict=True)):
+        if src > src_max:
+            src_max = src
+        if tgt > tgt_max:
+            tgt_max = tgt
+        size = j - start + 1
+        if size > 1 and (size > max_sentences or size * src_max > max_tokens or size * tgt_max > max_tokens):
+            starts.append(j)  # pair j opens the next batch
+            start, src_max, tgt_max = j, src, tgt
+    return np.split(order, starts) if len(order) else []
 
 
-def _even_batches(batches: list[list[int]], world_size: int) -> list[list[int]]:
+def _even_batches(batches: list[np.ndarray], world_size: int) -> list[np.ndarray]:
     """Split the largest batches in two until their number divides by world_size."""
     while len(batches) % world_size:
         largest = max(range(len(batches)), key=lambda b: len(batches[b]))
