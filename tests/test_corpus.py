@@ -175,6 +175,12 @@ def test_saved_dataset_with_other_languages_says_which(tmp_path):
         list(HFCorpus("en", "fr", path=str(tmp_path / "wmt")).pairs("train"))
 
 
+def test_a_single_saved_dataset_without_splits_says_how_to_save_it(tmp_path):
+    datasets.Dataset.from_dict(translation_rows(2)).save_to_disk(str(tmp_path / "one"))
+    with pytest.raises(CorpusError, match="single saved Dataset, without splits"):
+        HFCorpus("en", "de", path=str(tmp_path / "one"))
+
+
 def test_folder_without_a_saved_dataset_is_a_clear_error(tmp_path):
     with pytest.raises(CorpusError, match="not a saved DatasetDict"):
         HFCorpus("en", "de", path=str(tmp_path))

@@ -80,7 +80,17 @@ def test_prepare_writes_every_split_and_the_references(corpus, tmp_path):
 
     manifest = json.loads((tmp_path / "run" / "data" / "manifest.json").read_text())
     assert manifest["splits"]["train"]["pairs"] == 298 and manifest["cleaning"]["too_long"] == 1
-    assert manifest["vocab_sha256"] and len(manifest["key"]["inputs"]) == 6
+    assert manifest["vocab_sha256"] and manifest["config_sha256"] and len(manifest["key"]["inputs"]) == 6
+
+
+def test_megabyte_test_line_is_kept_and_encoded(corpus, tmp_path):
+    huge = "the small dog " * 75_000  # about 1 MB on one line
+    english = Path(f"{corpus.test}.en").read_text(encoding="utf-8").splitlines()
+    german = Path(f"{corpus.test}.de").read_text(encoding="utf-8").splitlines()
+    corpus.test = write(tmp_path / "long", [*english, huge], [*german, "der kleine Hund"])
+    data = prepare_data(corpus, tmp_path / "run", log=lambda _: None)
+    assert len(data.dataset("test")) == 10 and data.dataset("test").src_sizes[-1] >= 75_000
+    assert data.text_paths("test")[0].read_text(encoding="utf-8").splitlines()[-1] == huge.strip()
 
 
 def test_training_pairs_round_trip_through_the_vocabulary(corpus, tmp_path):

@@ -50,7 +50,8 @@ def read_lines(path: str | Path) -> Iterator[str]:
     """Stream the normalised lines of a UTF-8 text file (LF, CRLF or CR line ends, optional BOM)."""
     path = Path(path)
     if not path.is_file():
-        raise CorpusError(f"{path}: file not found")
+        where = "" if path.is_absolute() else f" (looked in {Path.cwd()})"
+        raise CorpusError(f"{path}: file not found{where}")
     if path.stat().st_size == 0:
         raise CorpusError(f"{path}: file is empty")
     with path.open("rb") as f:
@@ -225,6 +226,11 @@ def _load_from_disk(path: Path) -> dict:
         )
     if (path / "dataset_dict.json").is_file():
         return _pick_splits(datasets.load_from_disk(str(path)), str(path))
+    if (path / "state.json").is_file():
+        raise CorpusError(
+            f"{path} holds a single saved Dataset, without splits: save a DatasetDict with splits "
+            "train/validation/test there, or one Dataset per split in DIR/train, DIR/validation, DIR/test"
+        )
     missing = [hf for hf in HF_SPLITS.values() if not (path / hf).is_dir()]
     if missing:
         raise CorpusError(

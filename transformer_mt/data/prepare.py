@@ -20,6 +20,7 @@ Layout of `<output_dir>/data/`: spm.model, spm.vocab, {train,valid,test}.{lang}.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -127,7 +128,7 @@ def prepare_data(
     manifest = _read_manifest(root)
     if manifest is not None and manifest.get("key") == key and _intact(root, manifest):
         log(f"data: {root} already prepared from these inputs and settings; loading it")
-        return load_prepared(output_dir)
+        return _load(root, manifest)
     if manifest is not None:
         log(f"data: {root} was prepared from other inputs or settings; preparing again")
     (root / "manifest.json").unlink(missing_ok=True)  # from here on, an interruption leaves it stale
@@ -175,6 +176,7 @@ def prepare_data(
     manifest = {
         "format": FORMAT,
         "key": key,
+        "config_sha256": hashlib.sha256(json.dumps(key["config"], sort_keys=True).encode()).hexdigest(),
         "vocab_sha256": sha256_file(root / "spm.model"),
         "vocab_size": len(vocab),
         "src_lang": cfg.src_lang,
@@ -200,6 +202,10 @@ def load_prepared(output_dir: str | Path) -> PreparedData:
         )
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{root}/manifest.json: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    return _load(root, manifest)
+
+
+def _load(root: Path, manifest: dict) -> PreparedData:
     vocab = Vocabulary.from_file(root / "spm.model")
     return PreparedData(root, vocab, manifest["src_lang"], manifest["tgt_lang"], manifest)
 
