@@ -9,6 +9,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
+from transformer_mt.data.corpus import CorpusError
 from transformer_mt.data.prepare import DataConfig, _Reservoir, load_prepared, prepare_data
 
 CONFIG_DIR = Path(__file__).parents[1] / "transformer_mt" / "configs" / "data"
@@ -184,6 +185,13 @@ def test_reservoir_is_bounded_uniform_and_seeded():
         for item in reservoir.items:
             counts[item] += 1
     assert all(500 < c < 700 for c in counts)  # each item is kept with probability 3/10
+
+
+def test_missing_input_file_is_named_before_any_work(corpus, tmp_path):
+    Path(f"{corpus.valid}.de").unlink()
+    with pytest.raises(CorpusError, match=r"valid\.de: file not found"):
+        prepare_data(corpus, tmp_path / "run", log=lambda _: None)
+    assert not (tmp_path / "run" / "data" / "spm.model").exists()
 
 
 def test_files_source_without_prefixes_is_refused():

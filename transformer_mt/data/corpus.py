@@ -46,14 +46,20 @@ def normalise(line: str) -> str:
 # ----------------------------------------------------------------------------- local text files
 
 
-def read_lines(path: str | Path) -> Iterator[str]:
-    """Stream the normalised lines of a UTF-8 text file (LF, CRLF or CR line ends, optional BOM)."""
+def check_file(path: str | Path) -> Path:
+    """The path of an existing, non-empty file, or an error naming it."""
     path = Path(path)
     if not path.is_file():
         where = "" if path.is_absolute() else f" (looked in {Path.cwd()})"
         raise CorpusError(f"{path}: file not found{where}")
     if path.stat().st_size == 0:
         raise CorpusError(f"{path}: file is empty")
+    return path
+
+
+def read_lines(path: str | Path) -> Iterator[str]:
+    """Stream the normalised lines of a UTF-8 text file (LF, CRLF or CR line ends, optional BOM)."""
+    path = check_file(path)
     with path.open("rb") as f:
         head = f.read(1 << 20)
         f.seek(0)
@@ -99,10 +105,6 @@ def _split_on_cr(f) -> Iterator[bytes]:
         yield pending
 
 
-def count_lines(path: str | Path) -> int:
-    return sum(1 for _ in read_lines(path))
-
-
 def sha256_file(path: str | Path) -> str:
     digest = hashlib.sha256()
     with Path(path).open("rb") as f:
@@ -143,7 +145,8 @@ class TextCorpus:
 
     def fingerprint(self) -> dict[str, str]:
         """sha256 of every input file, by file name."""
-        return {str(path): sha256_file(path) for split in self.prefixes for path in self.paths(split)}
+        paths = [check_file(path) for split in self.prefixes for path in self.paths(split)]
+        return {str(path): sha256_file(path) for path in paths}
 
 
 def _misaligned(src_path: Path, n_src: int, tgt_path: Path, n_tgt: int) -> CorpusError:
