@@ -10,6 +10,7 @@ rank would otherwise make its own).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
@@ -134,6 +135,13 @@ def to_objects(cfg: DictConfig) -> Any:
 
 
 def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    # OmegaConf appends its own location lines ("full_key: ...  object_type=..."); keep the message.
-    return text.split(" full_key:")[0] if " full_key:" in text else text
+    """Hydra's message and its causes on one line, without OmegaConf's location dump or search path."""
+    parts: list[str] = []
+    while err is not None:
+        text = " ".join(str(err).split())
+        text = text.split(" full_key:")[0].split(" Config search path:")[0]
+        text = re.sub(r" \w+_schema\b", "", text)  # schemas are not presets a user can pick
+        if text and text not in parts:
+            parts.append(text)
+        err = err.__cause__
+    return ": ".join(parts)

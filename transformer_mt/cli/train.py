@@ -20,6 +20,7 @@ def main(overrides: list[str], show_help: bool) -> None:
     if run is None:
         return
     resolved = asdict(run)
+    resolved.pop("defaults", None)
     if int(os.environ.get("RANK", 0)) == 0:
         output_dir = Path(run.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)

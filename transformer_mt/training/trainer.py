@@ -28,7 +28,7 @@ from transformer_mt.data.prepare import DataConfig, PreparedData, load_prepared,
 from transformer_mt.models import EncoderDecoder, build_model, count_parameters
 from transformer_mt.training import checkpoint as ckpt
 from transformer_mt.training.cost import TrainingCost, cost_summary, device_peak_flops
-from transformer_mt.training.distributed import Runtime, gather_objects, init_runtime, shutdown
+from transformer_mt.training.distributed import PRECISIONS, Runtime, gather_objects, init_runtime, shutdown
 from transformer_mt.training.loss import label_smoothed_cross_entropy
 from transformer_mt.training.metrics import TrainingLog
 from transformer_mt.training.optim import build_adam, learning_rate
@@ -82,6 +82,10 @@ class TrainerConfig:
         if len(self.adam_betas) != 2:
             raise ValueError(f"trainer.adam_betas needs two values, got {list(self.adam_betas)}")
         learning_rate(1, schedule=self.schedule, warmup_steps=1, d_model=1, lr=1.0, lr_scale=1.0)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"trainer.precision={self.precision!r} is not one of: {', '.join(PRECISIONS)}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"trainer.device={self.device!r} is not one of: auto, cpu, cuda")
 
 
 class TrainingError(Exception):
