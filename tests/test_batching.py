@@ -89,7 +89,7 @@ def test_largest_batches_are_split_until_ranks_get_equal_counts():
 
 
 def test_fewer_pairs_than_ranks_is_a_clear_error():
-    with pytest.raises(ValueError, match="cannot give 4 ranks the same number of batches"):
+    with pytest.raises(ValueError, match="cannot cut 3 pairs into a multiple of 4 batches"):
         TokenBatchSampler([1, 2, 3], [1, 2, 3], max_tokens=100, world_size=4)
 
 
@@ -183,7 +183,7 @@ def test_every_pair_once_per_epoch_within_budget_for_any_sizes(
     kwargs = dict(max_tokens=max_tokens, max_sentences=max_sentences, seed=seed)
     unsharded = len(TokenBatchSampler(src, tgt, **kwargs))
     if -(-unsharded // world_size) * world_size > len(sizes):  # more batches needed than there are pairs
-        with pytest.raises(ValueError, match="cannot give"):
+        with pytest.raises(ValueError, match="cannot cut"):
             TokenBatchSampler(src, tgt, world_size=world_size, **kwargs)
         return
     samplers = rank_samplers(src, tgt, world_size, **kwargs)

@@ -63,7 +63,8 @@ def test_every_model_preset_composes(model):
 
 @pytest.mark.parametrize("data", shipped("data"))
 def test_every_data_preset_composes(data):
-    to_objects(compose_config("train", [f"data={data}"]))
+    files = ["data.train=c/train", "data.valid=c/valid", "data.test=c/test"] if data == "files" else []
+    to_objects(compose_config("train", [f"data={data}", *files]))
 
 
 def test_decoding_options_sit_at_the_top_level_of_translate():

@@ -80,7 +80,7 @@ def test_two_gloo_ranks_equal_one_rank_with_update_freq_2(prepared, corpus, tmp_
 
     ddp = fresh_run(prepared, tmp_path, "ddp")
     result = __import__("subprocess").run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          "-m", "transformer_mt", "train", *files_overrides(corpus), *TINY_MODEL, *QUICK, *common,
          f"output_dir={ddp}", "trainer.update_freq=1"],
         capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},

@@ -8,6 +8,7 @@ an unknown preset is an error before any work starts, and no Hydra run folder is
 rank would otherwise make its own).
 """
 
+# ruff: noqa: UP006, UP035, UP045 -- OmegaConf reads the dataclass fields: List/Optional, not list/X | None.
 from __future__ import annotations
 
 import re

@@ -98,7 +98,9 @@ class TokenBatchSampler:
     (seed, epoch) (or kept in length order when `shuffle=False`, for validation). Rank r takes
     batches r, r + world_size, ... of the epoch's order. So that every rank takes the same number of
     steps and every pair is seen exactly once per epoch, the largest batches are split in two until
-    the batch count divides by world_size.
+    the batch count divides by `world_size * multiple_of`. The trainer passes its `update_freq` as
+    `multiple_of`: an epoch is then a whole number of updates, and the batches are the same for every
+    split of one global batch into ranks x accumulation steps (2 ranks x 1 equals 1 rank x 2).
 
     Epochs: `__iter__` yields the rest of the current epoch from `position`, then moves to the next
     epoch (epoch + 1, position 0) once the caller has taken the last batch. `state_dict()` gives
@@ -118,6 +120,7 @@ class TokenBatchSampler:
         rank: int = 0,
         world_size: int = 1,
         max_sentences: int | None = None,
+        multiple_of: int = 1,
     ) -> None:
         src_sizes, tgt_sizes = np.asarray(src_sizes, np.int64), np.asarray(tgt_sizes, np.int64)
         if src_sizes.shape != tgt_sizes.shape or src_sizes.ndim != 1:
@@ -126,12 +129,15 @@ class TokenBatchSampler:
             raise ValueError(
                 f"max_tokens ({max_tokens}) and max_sentences ({max_sentences}) must be positive"
             )
+        if multiple_of < 1:
+            raise ValueError(f"multiple_of must be positive, got {multiple_of}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside 0..{world_size - 1} (world_size {world_size})")
         self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
         self.max_tokens = max_tokens
         self.batches = _even_batches(
-            _pack(src_sizes, tgt_sizes, max_tokens, max_sentences or len(src_sizes) or 1, seed), world_size
+            _pack(src_sizes, tgt_sizes, max_tokens, max_sentences or len(src_sizes) or 1, seed),
+            world_size * multiple_of,
         )
         self.epoch, self.position = 0, 0
 
@@ -196,16 +202,16 @@ def _pack(
     return np.split(order, starts) if len(order) else []
 
 
-def _even_batches(batches: list[np.ndarray], world_size: int) -> list[np.ndarray]:
-    """Split the largest batches in two until their number divides by world_size."""
-    while len(batches) % world_size:
+def _even_batches(batches: list[np.ndarray], multiple: int) -> list[np.ndarray]:
+    """Split the largest batches in two until their number divides by `multiple`."""
+    while len(batches) % multiple:
         largest = max(range(len(batches)), key=lambda b: len(batches[b]))
         batch = batches[largest]
         if len(batch) < 2:
             total = sum(len(b) for b in batches)
             raise ValueError(
-                f"cannot give {world_size} ranks the same number of batches: only {total} pairs "
-                f"in {len(batches)} batches; use fewer ranks or more data"
+                f"cannot cut {total} pairs into a multiple of {multiple} batches (ranks x update_freq); "
+                "use fewer ranks, a smaller update_freq or more data"
             )
         half = len(batch) // 2
         batches[largest : largest + 1] = [batch[:half], batch[half:]]

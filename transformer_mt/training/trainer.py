@@ -10,6 +10,7 @@ every micro-batch is divided by the number of target tokens of the whole update 
 run on W ranks with `update_freq=k` computes the same gradient as one rank with `update_freq=W*k`.
 """
 
+# ruff: noqa: UP006, UP035, UP045 -- OmegaConf reads the dataclass fields: List/Optional, not list/X | None.
 from __future__ import annotations
 
 import contextlib
@@ -19,11 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from transformer_mt.data.batching import Batch, TokenBatchSampler
+from transformer_mt.data.binarize import ParallelDataset
 from transformer_mt.data.prepare import DataConfig, PreparedData, load_prepared, prepare_data
 from transformer_mt.models import EncoderDecoder, build_model, count_parameters
 from transformer_mt.training import checkpoint as ckpt
@@ -97,7 +100,7 @@ class TrainState:
     """What the loop carries between updates (and into checkpoints) besides the modules."""
 
     step: int = 0
-    best_metric: Optional[float] = None
+    best_metric: float | None = None
     bad_validations: int = 0
     nonfinite_in_a_row: int = 0
     skipped_steps: int = 0
@@ -132,39 +135,53 @@ def _train(runtime, data_cfg, model_cfg, cfg, decoding_cfg, output_dir, run_conf
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = build_model(model_cfg, vocab_size=len(data.vocab), pad_id=data.vocab.pad_id).to(runtime.device)
     optimizer = build_adam(
-        model, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps, weight_decay=cfg.weight_decay, device=runtime.device
+        model,
+        betas=tuple(cfg.adam_betas),
+        eps=cfg.adam_eps,
+        weight_decay=cfg.weight_decay,
+        device=runtime.device,
     )
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.precision == "fp16")
     train_set = data.dataset("train")
+    fits = fitting_pairs(train_set, model)  # longer pairs are left out, and counted in the log
     sampler = TokenBatchSampler(
-        train_set.src_sizes,
-        train_set.tgt_sizes,
+        train_set.src_sizes[fits],
+        train_set.tgt_sizes[fits],
         max_tokens=cfg.max_tokens,
         shuffle=True,
         seed=cfg.seed,
         rank=runtime.rank,
         world_size=runtime.world_size,
+        multiple_of=cfg.update_freq,
     )
     state, cost = TrainState(), TrainingCost()
     model_config = _plain(model_cfg)
     last = checkpoints / "checkpoint_last.pt"
     if cfg.resume and last.exists():
-        _restore(ckpt.load_checkpoint(last), runtime, model, optimizer, scaler, sampler, state, cost, model_config)
+        _restore(
+            ckpt.load_checkpoint(last), runtime, model, optimizer, scaler, sampler, state, cost, model_config
+        )
     elif torch.distributed.is_initialized():
         torch.manual_seed(cfg.seed + runtime.rank)  # distinct dropout masks per rank
 
     step_model: nn.Module = model
     if runtime.distributed:
-        step_model = DistributedDataParallel(model, device_ids=[runtime.device] if runtime.device.type == "cuda" else None)
+        step_model = DistributedDataParallel(
+            model, device_ids=[runtime.device] if runtime.device.type == "cuda" else None
+        )
     if cfg.compile:
         step_model = torch.compile(step_model)
 
     log = TrainingLog(output_dir, total_steps=cfg.max_steps, initial_step=state.step, enabled=runtime.is_main)
     log.info(
         f"model {model_config['arch']}: {count_parameters(model):,} parameters; vocabulary {len(data.vocab)}; "
-        f"{len(train_set):,} training pairs, {len(sampler)} batches per epoch per rank; "
+        f"{len(fits):,} training pairs, {len(sampler)} batches per epoch per rank; "
         f"{runtime.world_size} rank(s) on {runtime.device.type}, {runtime.precision}"
     )
+    if len(fits) < len(train_set):
+        log.info(
+            f"left out {len(train_set) - len(fits):,} training pairs longer than model.max_positions - 1 tokens"
+        )
     if state.step:
         log.info(f"resumed from {last} at step {state.step}")
 
@@ -197,7 +214,7 @@ def _train(runtime, data_cfg, model_cfg, cfg, decoding_cfg, output_dir, run_conf
         if state.step >= cfg.max_steps:
             stop_reason = f"reached max_steps={cfg.max_steps}"
             break
-        group = [train_set.batch(next(batches)) for _ in range(cfg.update_freq)]
+        group = [train_set.batch(fits[next(batches)]) for _ in range(cfg.update_freq)]
         lr = learning_rate(
             state.step + 1,
             schedule=cfg.schedule,
@@ -326,9 +343,10 @@ def _update(runtime: Runtime, step_model, model, optimizer, scaler, group: list[
 def validation_loss(runtime: Runtime, model: EncoderDecoder, data: PreparedData, cfg: TrainerConfig) -> dict:
     """Per-token loss and nll (base 2) on the valid split, sharded over the ranks."""
     valid = data.dataset("valid")
+    fits = fitting_pairs(valid, model)
     sampler = TokenBatchSampler(
-        valid.src_sizes,
-        valid.tgt_sizes,
+        valid.src_sizes[fits],
+        valid.tgt_sizes[fits],
         max_tokens=cfg.max_tokens,
         shuffle=False,
         rank=runtime.rank,
@@ -337,7 +355,7 @@ def validation_loss(runtime: Runtime, model: EncoderDecoder, data: PreparedData,
     model.eval()
     loss_sum = nll_sum = tokens = 0.0
     for indices in sampler:
-        batch = valid.batch(indices).to(runtime.device)
+        batch = valid.batch(fits[indices]).to(runtime.device)
         with runtime.autocast():
             logits = model(batch.src_tokens, batch.prev_tokens)
         loss, nll = label_smoothed_cross_entropy(
@@ -347,6 +365,12 @@ def validation_loss(runtime: Runtime, model: EncoderDecoder, data: PreparedData,
     loss_sum, nll_sum, tokens = runtime.all_reduce_sum([loss_sum, nll_sum, tokens])
     nll = nll_sum / max(tokens, 1) / math.log(2)
     return {"loss": loss_sum / max(tokens, 1) / math.log(2), "nll": nll, "ppl": 2**nll}
+
+
+def fitting_pairs(dataset: ParallelDataset, model: EncoderDecoder) -> np.ndarray:
+    """Indices of the pairs the model can take: both sides, with EOS / BOS, within its positions."""
+    limit = model.max_positions or np.iinfo(np.int64).max
+    return np.flatnonzero((dataset.src_sizes < limit) & (dataset.tgt_sizes < limit))
 
 
 def _validate_and_track(runtime, model, data, cfg, decoding_cfg, state: TrainState, log) -> bool:
