@@ -64,8 +64,12 @@ def _test_files(cfg, checkpoint: str) -> tuple[Path, Path, str | None]:
         return Path(cfg.input), Path(cfg.reference), None
     from transformer_mt.data.prepare import load_prepared
 
-    run = load_checkpoint(checkpoint)["config"]
-    data = load_prepared(run["output_dir"])
+    # The run folder is the checkpoint's grandparent (RUN/checkpoints/X.pt) unless it was moved away
+    # from its data; then the output_dir stored in the checkpoint (relative to where training ran).
+    run_dir = Path(checkpoint).resolve().parent.parent
+    if not (run_dir / "data").is_dir():
+        run_dir = Path(load_checkpoint(checkpoint)["config"]["output_dir"])
+    data = load_prepared(run_dir)
     src, tgt = data.text_paths(cfg.split)
     return Path(src), Path(tgt), data.tgt_lang
 
