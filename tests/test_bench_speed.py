@@ -1,0 +1,174 @@
+"""The training and decoding speed harnesses (`bench train`, `bench decode`) at tiny sizes.
+
+No peers' virtual environments and no network: only our own step, the in-process nn.Transformer
+reference, the option parsing, the FLOP count and the JSON. Nothing here times anything.
+"""
+
+import json
+
+import pytest
+import torch
+
+from transformer_mt.bench import common, decode, train
+from transformer_mt.bench.peer_scripts import harness, torch_train
+from transformer_mt.bench.peers import PEERS, PeerError, ensure_venv, unsupported
+from transformer_mt.models import build_model
+
+TINY = [
+    "models=[transformer_tiny]",
+    "batch_size=2",
+    "src_len=6",
+    "tgt_len=5",
+    "vocab_size=50",
+    "warmup=0",
+    "steps=1",
+    "threads=1",
+    "peak_seconds=0.01",
+]
+
+
+def tiny_train_config(*extra: str) -> train.TrainBenchConfig:
+    return common.parse_options(train.TrainBenchConfig, [*TINY, *extra], "bench train")
+
+
+def test_misspelt_option_is_refused_with_a_suggestion():
+    with pytest.raises(ValueError, match=r"unknown option 'bach_size' \(did you mean 'batch_size'\?\)"):
+        common.parse_options(train.TrainBenchConfig, ["bach_size=8"], "bench train")
+
+
+def test_option_of_the_wrong_type_and_argument_without_equals_are_refused():
+    with pytest.raises(ValueError, match="batch_size"):
+        common.parse_options(train.TrainBenchConfig, ["batch_size=many"], "bench train")
+    with pytest.raises(ValueError, match="expected key=value"):
+        common.parse_options(train.TrainBenchConfig, ["batch_size"], "bench train")
+
+
+def test_list_options_take_one_value_or_a_list_and_unknown_peers_and_presets_are_named():
+    assert tiny_train_config("peers=torch").peers == ["torch"]
+    assert tiny_train_config("peers=[torch,joeynmt]").peers == ["torch", "joeynmt"]
+    with pytest.raises(ValueError, match="peers=.*opennmt"):
+        tiny_train_config("peers=[opennmt]")
+    with pytest.raises(ValueError, match="no model preset 'transformer_huge'"):
+        tiny_train_config("models=[transformer_huge]")
+    with pytest.raises(ValueError, match="precisions"):
+        tiny_train_config("precisions=[fp8]")
+
+
+def test_every_model_preset_loads_with_its_arch():
+    for path in train.MODEL_CONFIGS.glob("*.yaml"):
+        cfg = train.load_preset(path.stem)
+        assert cfg["arch"] in ("transformer", "lstm", "convs2s") and "defaults" not in cfg
+
+
+def test_our_step_and_the_torch_reference_give_positive_throughput_and_sane_json(tmp_path):
+    cfg = tiny_train_config("peers=[torch]", "precisions=[fp32]")
+    payload = train.run(cfg)
+    ours, reference = payload["rows"]
+    assert ours["system"] == "transformer-mt" and reference["system"] == "torch.nn.Transformer"
+    for row in (ours, reference):
+        assert row["status"] == "ok" and row["tokens_per_second"] > 0 and row["step_ms"] > 0
+        assert row["tokens_per_second"] == pytest.approx(2 * 5 / (row["step_ms"] / 1e3))
+        assert 0 < row["mfu"]
+    # The same model size: nn.Transformer adds only a final LayerNorm to each stack.
+    assert 0 < reference["params"] - ours["params"] <= 4 * 128
+    assert ours["vs_peer"] == pytest.approx(ours["tokens_per_second"] / reference["tokens_per_second"])
+    assert ours["target"] == ">= 1.1x peer fp32" and isinstance(ours["met"], bool)
+
+    path = common.write_json(tmp_path / "train.json", payload)
+    loaded = json.loads(path.read_text())
+    assert loaded["benchmark"] == "train" and loaded["settings"]["batch_size"] == 2
+    assert set(loaded["peak_flops"]) == {"fp32"} and loaded["peak_flops"]["fp32"] > 0
+    assert "transformer-mt" in train.table(payload)
+
+
+def test_flops_per_step_are_three_forward_passes():
+    cfg = tiny_train_config("peers=[]", "precisions=[fp32]")
+    (row,) = train.run(cfg)["rows"]
+    model = build_model(train.load_preset("transformer_tiny"), vocab_size=50, pad_id=0)
+    assert row["flops_per_step"] == 3 * model.forward_flops(2, 6, 5)
+    assert row["tflops_per_second"] == pytest.approx(row["flops_per_step"] / (row["step_ms"] / 1e3) / 1e12)
+
+
+def test_our_step_updates_the_weights_it_started_from():
+    cfg = tiny_train_config("steps=2")
+    preset = train.load_preset("transformer_tiny")
+    torch.manual_seed(cfg.seed)  # measure_ours seeds the same way before building
+    initial = build_model(preset, vocab_size=50, pad_id=0).state_dict()
+    result = train.measure_ours(cfg, preset, "fp32", torch.device("cpu"))
+    trained = result["model"].state_dict()
+    # Two Adam steps at lr 1e-4 move each weight by at most about 2e-4 from the same start.
+    moved = (trained["decoder_embed.weight"] - initial["decoder_embed.weight"]).abs().max().item()
+    assert 0 < moved <= 3e-4
+    assert len(result["step_seconds"]) == 2
+
+
+def test_peers_without_a_venv_report_why():
+    with pytest.raises(PeerError, match="unknown peer 'opennmt'"):
+        ensure_venv("opennmt")
+    reason = unsupported(PEERS["fairseq"])
+    assert reason is None or "Python 3.11" in reason
+
+
+def test_synthetic_batch_is_shifted_teacher_forcing_without_padding():
+    args = {"seed": 3, "batch_size": 4, "src_len": 7, "tgt_len": 5, "vocab_size": 30}
+    batch = harness.synthetic_batch(args, torch.device("cpu"), bos=2, eos=3)
+    assert batch["src"].shape == (4, 7) and batch["prev"].shape == batch["target"].shape == (4, 5)
+    assert (
+        (batch["src"][:, -1] == 3).all()
+        and (batch["prev"][:, 0] == 2).all()
+        and (batch["target"][:, -1] == 3).all()
+    )
+    assert torch.equal(batch["prev"][:, 1:], batch["target"][:, :-1])
+    assert (batch["src"][:, :-1] >= 4).all() and (batch["target"][:, :-1] >= 4).all()
+
+
+def test_torch_reference_masks_the_future():
+    args = {
+        "d_model": 16,
+        "heads": 2,
+        "encoder_layers": 1,
+        "decoder_layers": 1,
+        "ffn_dim": 32,
+        "dropout": 0.0,
+        "norm": "post",
+        "vocab_size": 30,
+        "max_positions": 10,
+    }
+    model = torch_train.TorchTransformer(args).eval()
+    src = torch.randint(4, 30, (1, 5))
+    prev = torch.randint(4, 30, (1, 6))
+    changed = prev.clone()
+    changed[0, 4] = (changed[0, 4] + 1 - 4) % 26 + 4
+    with torch.no_grad():
+        a, b = model(src, prev), model(src, changed)
+    assert torch.allclose(a[0, :4], b[0, :4], atol=1e-5) and not torch.allclose(a[0, 4], b[0, 4])
+
+
+def test_decode_bench_runs_our_side_to_the_fixed_length(tmp_path):
+    overrides = [
+        "model=transformer_tiny",
+        "batch_size=3",
+        "src_len=5",
+        "out_len=4",
+        "vocab_size=40",
+        "peers=[]",
+        "warmup=0",
+        "repeats=1",
+        "threads=1",
+        f"output={tmp_path / 'decode.json'}",
+    ]
+    assert decode.main(overrides, show_help=False) == 0
+    payload = json.loads((tmp_path / "decode.json").read_text())
+    rows = payload["rows"]
+    assert [(r["system"], r["beam"]) for r in rows] == [("transformer-mt", 1), ("transformer-mt", 4)]
+    for row in rows:
+        assert row["status"] == "ok" and row["sentences_per_second"] > 0
+        assert row["tokens_per_second"] == pytest.approx(4 * row["sentences_per_second"])
+        assert row["output_lengths"] == [4]  # every sentence: out_len decoder steps, EOS held back
+
+
+def test_help_lists_the_options(capsys):
+    assert train.main([], show_help=True) is None
+    assert "batch_size: 128" in capsys.readouterr().out
+    assert decode.main([], show_help=True) is None
+    assert "beams:" in capsys.readouterr().out
