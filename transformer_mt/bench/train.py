@@ -5,7 +5,8 @@ of 32 source and 32 target tokens, a 32000-entry vocabulary, no padding). For ea
 precision it measures, in the same run and on the same batch shape:
 
 - transformer-mt: the trainer's own update (`training.trainer._update`: autocast, label-smoothed
-  cross-entropy, backward, gradient norm, Adam from `build_adam`), optionally under `torch.compile`;
+  cross-entropy, backward, gradient norm, Adam from `build_adam`); with compile=true also under
+  `torch.compile`, as `trainer.compile=true` runs it;
 - torch: a Transformer of equal size written with `torch.nn.Transformer` (peer_scripts/torch_train.py);
 - JoeyNMT 2.3.0 and Eole 0.6.4: each framework's model built by its own model builder from a config
   dict, with its own loss and Adam, in a virtual environment of its own (see `peers.py`);
@@ -67,7 +68,7 @@ class TrainBenchConfig:
     label_smoothing: float = 0.1
     warmup: int = 2  # untimed steps first
     steps: int = 5  # timed steps; the median is reported
-    compile: bool = False  # our step under torch.compile
+    compile: bool = False  # also measure our step under torch.compile (a second row)
     device: str = "auto"  # auto | cpu | cuda
     threads: Optional[int] = None  # torch CPU threads for every system (default: torch's own choice)
     peak_seconds: float = 1.0  # how long each peak matmul probe runs
@@ -130,10 +131,21 @@ def step_args(cfg: TrainBenchConfig, model_cfg: dict[str, Any], precision: str, 
     return args
 
 
+def step_flops(cfg: TrainBenchConfig, model_cfg: dict[str, Any]) -> int:
+    """Analytic FLOPs of one forward pass of the preset over the batch (a model on the meta device)."""
+    with torch.device("meta"):
+        model = build_model(model_cfg, vocab_size=cfg.vocab_size, pad_id=PAD)
+    return model.forward_flops(cfg.batch_size, cfg.src_len, cfg.tgt_len)
+
+
 def measure_ours(
-    cfg: TrainBenchConfig, model_cfg: dict[str, Any], precision: str, device: torch.device
+    cfg: TrainBenchConfig,
+    model_cfg: dict[str, Any],
+    precision: str,
+    device: torch.device,
+    compiled: bool = False,
 ) -> dict:
-    """Seconds per step of the trainer's own update on the synthetic batch."""
+    """Seconds per step of the trainer's own update on the synthetic batch (under torch.compile if asked)."""
     args = step_args(cfg, model_cfg, precision, device)
     harness.setup(args)
     model = build_model(model_cfg, vocab_size=cfg.vocab_size, pad_id=PAD).to(device)
@@ -143,7 +155,7 @@ def measure_ours(
     runtime = Runtime(rank=0, world_size=1, local_rank=0, device=device, precision=precision)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     trainer_cfg = TrainerConfig(label_smoothing=cfg.label_smoothing, precision=precision, device=device.type)
-    step_model = torch.compile(model) if cfg.compile else model
+    step_model = torch.compile(model) if compiled else model  # as trainer.compile=true does
     tensors = harness.synthetic_batch(args, torch.device("cpu"), bos=BOS, eos=EOS)
     batch = Batch(
         src_tokens=tensors["src"],
@@ -183,30 +195,28 @@ def run(cfg: TrainBenchConfig) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     for preset in cfg.models:
         model_cfg = load_preset(preset)
-        flops = None
+        flops = 3 * step_flops(cfg, model_cfg)
         for precision in cfg.precisions:
             args = step_args(cfg, model_cfg, precision, device)
-            _log(f"{preset} {precision}: transformer-mt")
-            try:
-                ours = measure_ours(cfg, model_cfg, precision, device)
-            except RuntimeError as err:  # e.g. a kernel this device lacks in this precision
-                reason = f"{type(err).__name__}: {str(err).splitlines()[0]}"
-                rows.append({**_row(preset, "ours", precision, None, None, peaks, cfg), "reason": reason})
-                continue
-            model = ours.pop("model")
-            flops = 3 * model.forward_flops(cfg.batch_size, cfg.src_len, cfg.tgt_len)
-            del model
-            rows.append(_row(preset, "ours", precision, ours, flops, peaks, cfg))
+            for compiled in (False, True) if cfg.compile else (False,):
+                _log(f"{preset} {precision}: transformer-mt" + (" (compiled)" if compiled else ""))
+                try:
+                    ours = measure_ours(cfg, model_cfg, precision, device, compiled=compiled)
+                except RuntimeError as err:  # e.g. a kernel this device lacks in this precision
+                    reason = f"{type(err).__name__}: {str(err).splitlines()[0]}"
+                    failed = _row(cfg, preset, "ours", precision, None, flops, peaks, compiled)
+                    rows.append({**failed, "reason": reason})
+                    continue
+                rows.append(_row(cfg, preset, "ours", precision, ours, flops, peaks, compiled))
             for system in cfg.peers if model_cfg["arch"] == "transformer" else []:
                 _log(f"{preset} {precision}: {NAMES[system]}")
                 try:
                     result = measure_peer(system, args, cfg)
                 except PeerError as err:
-                    rows.append(
-                        {**_row(preset, system, precision, None, flops, peaks, cfg), "reason": str(err)}
-                    )
+                    failed = _row(cfg, preset, system, precision, None, flops, peaks)
+                    rows.append({**failed, "reason": str(err)})
                     continue
-                rows.append(_row(preset, system, precision, result, flops, peaks, cfg))
+                rows.append(_row(cfg, preset, system, precision, result, flops, peaks))
     add_targets(rows, device)
     return {
         "benchmark": "train",
@@ -217,9 +227,8 @@ def run(cfg: TrainBenchConfig) -> dict[str, Any]:
     }
 
 
-def _row(preset, system, precision, result, flops, peaks, cfg) -> dict[str, Any]:
-    row: dict[str, Any] = {"model": preset, "system": NAMES[system], "precision": precision}
-    row["compiled"] = bool(cfg.compile) if system == "ours" else False
+def _row(cfg, preset, system, precision, result, flops, peaks, compiled=False) -> dict[str, Any]:
+    row = {"model": preset, "system": NAMES[system], "precision": precision, "compiled": compiled}
     if result is None:
         return {**row, "status": "failed" if system == "ours" else "not runnable"}
     step = common.median(result["step_seconds"])
