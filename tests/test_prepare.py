@@ -231,3 +231,29 @@ def _preset(name: str) -> dict:
     preset = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())
     del preset["defaults"]
     return preset
+
+
+def test_moses_tokenized_train_is_detokenized(tmp_path):
+    english = ["the dog &apos;s ball , he said .", "&quot; today &quot; is green ( small ) !"] * 40
+    german = ["der Ball des Hundes , sagte er .", "&quot; heute &quot; ist grün ( klein ) !"] * 40
+    prefix = write(tmp_path / "train", english, german)
+    cfg = DataConfig(
+        source="files",
+        train=prefix,
+        valid=prefix,
+        test=prefix,
+        vocab_size=60,
+        workers=1,
+        detokenize_train="moses",
+    )
+    data = prepare_data(cfg, tmp_path / "run", log=lambda _: None)
+    train = data.dataset("train")
+    assert data.vocab.decode(train[0][0].tolist()) == "the dog's ball, he said."
+    assert data.vocab.decode(train[1][1].tolist()) == '"heute" ist grün (klein)!'
+    # valid and test are read as they are
+    assert Path(data.text_paths("valid")[0]).read_text(encoding="utf-8").splitlines()[0] == english[0]
+
+
+def test_unknown_detokenizer_is_refused():
+    with pytest.raises(ValueError, match="detokenize_train"):
+        DataConfig(detokenize_train="spacy")

@@ -64,12 +64,15 @@ class DataConfig:
     min_len: int = 1
     max_len_ratio: float = 9.0
     max_chars: int = 4096  # train lines longer than this (in characters) count as too long
+    detokenize_train: str = "none"  # none | moses: undo Moses tokenization and escaping of train (sacremoses)
     workers: int = 2  # encoding threads
     seed: int = 1
 
     def __post_init__(self) -> None:
         if self.source not in ("sample", "files", "hf"):
             raise ValueError(f"data.source={self.source!r}: expected sample, files or hf")
+        if self.detokenize_train not in ("none", "moses"):
+            raise ValueError(f"data.detokenize_train={self.detokenize_train!r}: expected none or moses")
         if self.source == "files":
             unset = [split for split in SPLITS if not getattr(self, split)]
             if unset:
@@ -215,10 +218,41 @@ def _load(root: Path, manifest: dict) -> PreparedData:
 
 def _open_corpus(cfg: DataConfig, root: Path) -> TextCorpus | HFCorpus:
     if cfg.source == "hf":
-        return HFCorpus(cfg.src_lang, cfg.tgt_lang, name=cfg.hf_name, config=cfg.hf_config, path=cfg.hf_path)
-    if cfg.source == "sample":
-        return _SampleCorpus(root / "sample", cfg.seed, cfg.src_lang, cfg.tgt_lang)
-    return TextCorpus({split: getattr(cfg, split) for split in SPLITS}, cfg.src_lang, cfg.tgt_lang)
+        corpus = HFCorpus(
+            cfg.src_lang, cfg.tgt_lang, name=cfg.hf_name, config=cfg.hf_config, path=cfg.hf_path
+        )
+    elif cfg.source == "sample":
+        corpus = _SampleCorpus(root / "sample", cfg.seed, cfg.src_lang, cfg.tgt_lang)
+    else:
+        corpus = TextCorpus({split: getattr(cfg, split) for split in SPLITS}, cfg.src_lang, cfg.tgt_lang)
+    if cfg.detokenize_train == "moses":
+        return _MosesDetokenizedTrain(corpus, cfg.src_lang, cfg.tgt_lang)  # type: ignore[return-value]
+    return corpus
+
+
+class _MosesDetokenizedTrain:
+    """A corpus whose train pairs come Moses-detokenized and unescaped (`&apos;` -> `'`), for corpora
+    distributed tokenized like many WMT training sets: the model then learns raw text, and its output
+    scores with sacreBLEU against raw references. Valid and test are read as they are."""
+
+    def __init__(self, corpus: TextCorpus | HFCorpus, src_lang: str, tgt_lang: str) -> None:
+        try:
+            from sacremoses import MosesDetokenizer
+        except ImportError:
+            raise ValueError(
+                "data.detokenize_train=moses needs sacremoses: pip install 'transformer-mt[moses]'"
+            ) from None
+        self.corpus = corpus
+        self.src, self.tgt = MosesDetokenizer(lang=src_lang), MosesDetokenizer(lang=tgt_lang)
+
+    def __getattr__(self, name: str):  # describe, fingerprint, ...: the wrapped corpus's
+        return getattr(self.corpus, name)
+
+    def pairs(self, split: str) -> Iterator[tuple[str, str]]:
+        pairs = self.corpus.pairs(split)
+        if split != "train":
+            return pairs
+        return ((self.src.detokenize(s.split()), self.tgt.detokenize(t.split())) for s, t in pairs)
 
 
 class _SampleCorpus(TextCorpus):
