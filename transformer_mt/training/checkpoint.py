@@ -27,6 +27,7 @@ import torch
 
 FORMAT = "transformer-mt/1"
 STEP_FILE = re.compile(r"checkpoint_(\d+)\.pt$")
+PARTIAL_FILE = re.compile(r"^\..+\.pt\.\w+\.tmp$")  # `save_checkpoint`'s temporary file before its rename
 
 
 class CheckpointError(Exception):
@@ -99,6 +100,17 @@ def step_checkpoints(directory: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def remove_partial_writes(directory: str | Path) -> list[Path]:
+    """Delete the temporary files of saves that a crash cut short (never a file under a final name)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    partial = [p for p in directory.iterdir() if PARTIAL_FILE.match(p.name)]
+    for path in partial:
+        path.unlink(missing_ok=True)
+    return partial
+
+
 def rotate(directory: str | Path, keep_last: int) -> None:
     """Delete all but the newest `keep_last` step checkpoints (keep_last <= 0 keeps all)."""
     if keep_last <= 0:
@@ -117,9 +129,10 @@ def load_for_inference(path: str | Path, device: str | torch.device = "cpu"):
         vocab = Vocabulary(state["sentencepiece"])
         model_config = dict(state["model_config"])
         model = build_model(model_config, vocab_size=len(vocab), pad_id=vocab.pad_id)
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        raise CheckpointError(f"checkpoint {path} is incomplete or inconsistent ({err})") from None
-    embedding_rows = _vocab_rows(state["model"])
+        embedding_rows = _vocab_rows(state["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as err:
+        detail = f"no {err} entry" if isinstance(err, KeyError) else err
+        raise CheckpointError(f"checkpoint {path} is incomplete or inconsistent ({detail})") from None
     if embedding_rows is not None and embedding_rows != len(vocab):
         raise CheckpointError(
             f"checkpoint {path}: its model has a {embedding_rows}-token vocabulary but the "
