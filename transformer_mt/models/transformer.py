@@ -66,6 +66,11 @@ class TransformerConfig:
             fail(f"sinusoidal positions pair sines and cosines: d_model={self.d_model} must be even")
         if self.attention_window is not None and self.attention_window < 1:
             fail(f"attention_window={self.attention_window} must be >= 1, or null for full self-attention")
+        if self.attention_window is not None and self.attention_window >= self.max_positions:
+            fail(
+                f"attention_window={self.attention_window} is not smaller than max_positions={self.max_positions}, "
+                "so it restricts nothing; set attention_window=null for full self-attention or a smaller window"
+            )
 
 
 def sinusoidal_positions(length: int, dim: int) -> Tensor:
