@@ -15,7 +15,7 @@ from transformer_mt.cli.common import load_config
 from transformer_mt.training.trainer import train
 
 
-def main(overrides: list[str], show_help: bool) -> None:
+def main(overrides: list[str], show_help: bool) -> int | None:
     run = load_config("train", overrides, show_help, __doc__)
     if run is None:
         return
@@ -25,4 +25,5 @@ def main(overrides: list[str], show_help: bool) -> None:
         output_dir = Path(run.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved), encoding="utf-8")
-    train(run.data, run.model, run.trainer, run.decoding, run.output_dir, run_config=resolved)
+    result = train(run.data, run.model, run.trainer, run.decoding, run.output_dir, run_config=resolved)
+    return result["exit_status"]  # 128 + N after a stop signal (checkpoint_last.pt written), else 0
