@@ -8,6 +8,12 @@ One plain loop that reads top to bottom. Where it runs (device, precision, ranks
 with gradient synchronisation only on the last micro-batch of an accumulation (`no_sync`). The loss of
 every micro-batch is divided by the number of target tokens of the whole update over all ranks, so a
 run on W ranks with `update_freq=k` computes the same gradient as one rank with `update_freq=W*k`.
+
+What can go wrong on a long run, and what the loop does (docs/reliability.md has the full table):
+SIGTERM / SIGINT finish the update, save and exit 128 + N (`signals.py`); an update with non-finite
+gradients is skipped (fp16: the scaler also lowers its scale), and `max_nonfinite_steps` of them in a
+row stop training with an error naming the last good checkpoint; weights that are no longer finite are
+never saved; a crash leaves at most a temporary file, which the next run deletes before resuming.
 """
 
 # ruff: noqa: UP006, UP035, UP045 -- OmegaConf reads the dataclass fields: List/Optional, not list/X | None.
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +42,7 @@ from transformer_mt.training.distributed import PRECISIONS, Runtime, gather_obje
 from transformer_mt.training.loss import label_smoothed_cross_entropy
 from transformer_mt.training.metrics import TrainingLog
 from transformer_mt.training.optim import build_adam, learning_rate
+from transformer_mt.training.signals import StopRequest, exit_status
 
 
 @dataclass
@@ -61,8 +69,8 @@ class TrainerConfig:
     device: str = "auto"  # auto | cpu | cuda
     compile: bool = False
     seed: int = 1
-    dist_timeout_s: float = 600.0
-    max_nonfinite_steps: int = 10  # consecutive non-finite updates before training stops
+    dist_timeout_s: float = 600.0  # a collective waiting longer (a rank died or hangs) ends the job
+    max_nonfinite_steps: int = 10  # consecutive non-finite updates before training stops (fp16: at scale < 1)
     peak_flops: Optional[float] = None  # per-device peak FLOP/s for MFU when the device is unknown
     # Logging, validation, checkpoints.
     log_every: int = 50
@@ -75,6 +83,7 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         positive = ("max_tokens", "update_freq", "max_steps", "log_every", "valid_every", "save_every")
+        positive += ("max_nonfinite_steps",)
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"trainer.{name} must be at least 1, got {getattr(self, name)}")
@@ -89,6 +98,8 @@ class TrainerConfig:
             raise ValueError(f"trainer.precision={self.precision!r} is not one of: {', '.join(PRECISIONS)}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"trainer.device={self.device!r} is not one of: auto, cpu, cuda")
+        if not self.dist_timeout_s > 0:
+            raise ValueError(f"trainer.dist_timeout_s must be positive, got {self.dist_timeout_s}")
 
 
 class TrainingError(Exception):
@@ -144,6 +155,14 @@ def _train(runtime, data_cfg, model_cfg, cfg, decoding_cfg, output_dir, run_conf
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.precision == "fp16")
     train_set = data.dataset("train")
     fits = fitting_pairs(train_set, model)  # longer pairs are left out, and counted in the log
+    if len(fits) == 0:  # an empty sampler would make the loop below spin forever
+        raise TrainingError(
+            f"none of the {len(train_set):,} training pairs fits the model: every one has a side of "
+            f"model.max_positions - 1 = {model.max_positions - 1} tokens or more (with EOS / BOS); "
+            "raise model.max_positions or lower data.max_len"
+            if len(train_set)
+            else "the training split is empty after cleaning; check the data and data.max_len / min_len"
+        )
     sampler = TokenBatchSampler(
         train_set.src_sizes[fits],
         train_set.tgt_sizes[fits],
@@ -157,9 +176,11 @@ def _train(runtime, data_cfg, model_cfg, cfg, decoding_cfg, output_dir, run_conf
     state, cost = TrainState(), TrainingCost()
     model_config = _plain(model_cfg)
     last = checkpoints / "checkpoint_last.pt"
+    partial = ckpt.remove_partial_writes(checkpoints) if runtime.is_main else []  # left by a crash
     if cfg.resume and last.exists():
+        saved = ckpt.load_checkpoint(last)
         _restore(
-            ckpt.load_checkpoint(last), runtime, model, optimizer, scaler, sampler, state, cost, model_config
+            saved, runtime, model, optimizer, scaler, sampler, state, cost, model_config, data.vocab, last
         )
     elif torch.distributed.is_initialized():
         torch.manual_seed(cfg.seed + runtime.rank)  # distinct dropout masks per rank
@@ -182,10 +203,22 @@ def _train(runtime, data_cfg, model_cfg, cfg, decoding_cfg, output_dir, run_conf
         log.info(
             f"left out {len(train_set) - len(fits):,} training pairs longer than model.max_positions - 1 tokens"
         )
+    if partial:
+        log.info(f"removed {len(partial)} temporary file(s) of checkpoint writes cut short: {partial}")
     if state.step:
         log.info(f"resumed from {last} at step {state.step}")
+    saved_step = state.step if state.step else None  # the step of checkpoint_last.pt, None before any
+
+    def last_good() -> str:
+        return f"{last} (step {saved_step})" if saved_step is not None else "none (no checkpoint written yet)"
 
     def save(tag: str) -> None:
+        nonlocal saved_step
+        if not _finite(model):  # every rank holds the same weights, so every rank stops here
+            raise TrainingError(
+                f"step {state.step}: the model's weights are no longer finite; not saving them. The last good "
+                f"checkpoint is {last_good()}. Lower trainer.lr (or raise trainer.warmup_steps) and run again"
+            )
         rng = gather_objects(runtime, _rng_state(runtime))
         if runtime.is_main:
             snapshot = {
@@ -205,83 +238,89 @@ def _train(runtime, data_cfg, model_cfg, cfg, decoding_cfg, output_dir, run_conf
             for name in _checkpoint_names(tag, state.step):
                 ckpt.save_checkpoint(snapshot, checkpoints / name)
             ckpt.rotate(checkpoints, cfg.keep_last)
+        if tag == "step":
+            saved_step = state.step
 
     batches = _endless(sampler)
     window = {"loss": 0.0, "nll": 0.0, "tokens": 0.0, "time": time.perf_counter()}
-    stop_reason = ""
+    stop_reason, stopped_by = "", 0
     metrics: dict[str, float] = {}
-    while not stop_reason:
-        if state.step >= cfg.max_steps:
-            stop_reason = f"reached max_steps={cfg.max_steps}"
-            break
-        group = [train_set.batch(fits[next(batches)]) for _ in range(cfg.update_freq)]
-        lr = learning_rate(
-            state.step + 1,
-            schedule=cfg.schedule,
-            warmup_steps=cfg.warmup_steps,
-            d_model=_d_model(model_config),
-            lr=cfg.lr,
-            lr_scale=cfg.lr_scale,
-        )
-        for group_params in optimizer.param_groups:
-            group_params["lr"] = lr
-        loss_sum, nll_sum, ntokens, grad_norm, applied = _update(
-            runtime, step_model, model, optimizer, scaler, group, cfg, cost
-        )
-        if applied:
+    with StopRequest() as stop_request:
+        while not stop_reason:
+            if state.step >= cfg.max_steps:
+                stop_reason = f"reached max_steps={cfg.max_steps}"
+                break
+            stopped_by = stop_request.agreed_signal(runtime)  # every rank stops after the same update
+            if stopped_by:
+                if state.step and saved_step != state.step:
+                    save("step")
+                stop_reason = f"{signal.Signals(stopped_by).name} received; " + (
+                    f"{last_good()} holds the training state: run the same command to resume"
+                    if saved_step is not None
+                    else "no update made yet, nothing to save"
+                )
+                break
+            group = [train_set.batch(fits[next(batches)]) for _ in range(cfg.update_freq)]
+            lr = learning_rate(
+                state.step + 1,
+                schedule=cfg.schedule,
+                warmup_steps=cfg.warmup_steps,
+                d_model=_d_model(model_config),
+                lr=cfg.lr,
+                lr_scale=cfg.lr_scale,
+            )
+            for group_params in optimizer.param_groups:
+                group_params["lr"] = lr
+            loss_sum, nll_sum, ntokens, grad_norm, applied = _update(
+                runtime, step_model, model, optimizer, scaler, group, cfg, cost
+            )
+            if not applied:
+                _skip_update(state, scaler, cfg, log, last_good())  # raises after too many in a row
+                continue
             state.step += 1
             state.nonfinite_in_a_row = 0
-        else:
-            state.skipped_steps += 1
-            state.nonfinite_in_a_row += 1
-            if not scaler.is_enabled() and state.nonfinite_in_a_row >= cfg.max_nonfinite_steps:
-                raise TrainingError(
-                    f"{state.nonfinite_in_a_row} updates in a row had non-finite gradients at step "
-                    f"{state.step + 1}; the last good checkpoint is {last if last.exists() else 'none'}. "
-                    "Lower the learning rate or use trainer.precision=fp32/bf16."
+            window["loss"] += loss_sum
+            window["nll"] += nll_sum
+            window["tokens"] += ntokens
+            if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
+                elapsed = time.perf_counter() - window["time"]
+                tokens = max(window["tokens"], 1.0)
+                metrics = {
+                    "loss": window["loss"] / tokens / math.log(2),
+                    "nll": window["nll"] / tokens / math.log(2),
+                    "ppl": 2 ** (window["nll"] / tokens / math.log(2)),
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                    "tokens_per_second": tokens / max(elapsed, 1e-9),
+                    "loss_scale": scaler.get_scale() if scaler.is_enabled() else 1.0,
+                    "skipped_steps": state.skipped_steps,
+                    "epoch": _epochs_done(sampler),
+                }
+                if runtime.device.type == "cuda":
+                    metrics["gpu_memory_gib"] = torch.cuda.max_memory_allocated(runtime.device) / 2**30
+                log.scalars("train", metrics, state.step)
+                log.info(
+                    f"step {state.step} | epoch {metrics['epoch']:.2f} | loss {metrics['loss']:.3f} | "
+                    f"nll {metrics['nll']:.3f} | ppl {metrics['ppl']:.2f} | lr {lr:.3g} | gnorm {grad_norm:.3f} | "
+                    f"tok/s {metrics['tokens_per_second']:.0f}"
+                    + (f" | loss scale {metrics['loss_scale']:g}" if scaler.is_enabled() else "")
+                    + (f" | skipped {state.skipped_steps}" if state.skipped_steps else "")
                 )
-            continue
-        window["loss"] += loss_sum
-        window["nll"] += nll_sum
-        window["tokens"] += ntokens
-        if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
-            elapsed = time.perf_counter() - window["time"]
-            tokens = max(window["tokens"], 1.0)
-            metrics = {
-                "loss": window["loss"] / tokens / math.log(2),
-                "nll": window["nll"] / tokens / math.log(2),
-                "ppl": 2 ** (window["nll"] / tokens / math.log(2)),
-                "lr": lr,
-                "grad_norm": grad_norm,
-                "tokens_per_second": tokens / max(elapsed, 1e-9),
-                "loss_scale": scaler.get_scale() if scaler.is_enabled() else 1.0,
-                "skipped_steps": state.skipped_steps,
-                "epoch": _epochs_done(sampler),
-            }
-            if runtime.device.type == "cuda":
-                metrics["gpu_memory_gib"] = torch.cuda.max_memory_allocated(runtime.device) / 2**30
-            log.scalars("train", metrics, state.step)
-            log.info(
-                f"step {state.step} | epoch {metrics['epoch']:.2f} | loss {metrics['loss']:.3f} | "
-                f"nll {metrics['nll']:.3f} | ppl {metrics['ppl']:.2f} | lr {lr:.3g} | gnorm {grad_norm:.3f} | "
-                f"tok/s {metrics['tokens_per_second']:.0f}"
-                + (f" | loss scale {metrics['loss_scale']:.0f}" if scaler.is_enabled() else "")
-            )
-            window = {"loss": 0.0, "nll": 0.0, "tokens": 0.0, "time": time.perf_counter()}
-        log.advance(1, {"loss": f"{loss_sum / max(ntokens, 1) / math.log(2):.3f}", "lr": f"{lr:.2e}"})
+                window = {"loss": 0.0, "nll": 0.0, "tokens": 0.0, "time": time.perf_counter()}
+            log.advance(1, {"loss": f"{loss_sum / max(ntokens, 1) / math.log(2):.3f}", "lr": f"{lr:.2e}"})
 
-        if cfg.max_epochs and _epochs_done(sampler) >= cfg.max_epochs:
-            stop_reason = f"reached max_epochs={cfg.max_epochs}"
-        elif state.step >= cfg.max_steps:
-            stop_reason = f"reached max_steps={cfg.max_steps}"
-        if state.step % cfg.valid_every == 0 or stop_reason:
-            improved = _validate_and_track(runtime, model, data, cfg, decoding_cfg, state, log)
-            if cfg.patience and state.bad_validations >= cfg.patience:
-                stop_reason = stop_reason or f"no improvement in {cfg.patience} validations (patience)"
-            if improved:
-                save("best")
-        if state.step % cfg.save_every == 0 or stop_reason:
-            save("step")
+            if cfg.max_epochs and _epochs_done(sampler) >= cfg.max_epochs:
+                stop_reason = f"reached max_epochs={cfg.max_epochs}"
+            elif state.step >= cfg.max_steps:
+                stop_reason = f"reached max_steps={cfg.max_steps}"
+            if state.step % cfg.valid_every == 0 or stop_reason:
+                improved = _validate_and_track(runtime, model, data, cfg, decoding_cfg, state, log)
+                if cfg.patience and state.bad_validations >= cfg.patience:
+                    stop_reason = stop_reason or f"no improvement in {cfg.patience} validations (patience)"
+                if improved:
+                    save("best")
+            if state.step % cfg.save_every == 0 or stop_reason:
+                save("step")
 
     totals = runtime.all_reduce_sum([cost.flops, cost.target_tokens])
     log.info(f"stopped: {stop_reason}")
@@ -295,7 +334,36 @@ def _train(runtime, data_cfg, model_cfg, cfg, decoding_cfg, output_dir, run_conf
     ):
         log.info(line)
     log.close()
-    return {"step": state.step, "best": state.best_metric, "stop_reason": stop_reason, "flops": totals[0]}
+    return {
+        "step": state.step,
+        "best": state.best_metric,
+        "stop_reason": stop_reason,
+        "flops": totals[0],
+        "exit_status": exit_status(stopped_by) if stopped_by else 0,
+    }
+
+
+def _skip_update(state: TrainState, scaler, cfg: TrainerConfig, log: TrainingLog, last_good: str) -> None:
+    """Count an update skipped for non-finite gradients; `max_nonfinite_steps` in a row stop training.
+
+    In fp16 the scaler skips an update whenever the scaled gradients overflow and halves its scale;
+    that is routine, and only once the scale is below 1 is the overflow in the gradients themselves.
+    """
+    state.skipped_steps += 1
+    if not scaler.is_enabled() or scaler.get_scale() < 1.0:
+        state.nonfinite_in_a_row += 1
+    scale = f", loss scale lowered to {scaler.get_scale():g}" if scaler.is_enabled() else ""
+    log.info(
+        f"step {state.step + 1}: non-finite gradients; update skipped{scale} ({state.skipped_steps} so far)"
+    )
+    if state.nonfinite_in_a_row >= cfg.max_nonfinite_steps:
+        message = (
+            f"step {state.step + 1}: {state.nonfinite_in_a_row} updates in a row had non-finite gradients "
+            f"(trainer.max_nonfinite_steps={cfg.max_nonfinite_steps}); the last good checkpoint is {last_good}. "
+            "Lower trainer.lr (or raise trainer.warmup_steps, or set trainer.clip_norm) and run again to resume"
+        )
+        log.info(message)
+        raise TrainingError(message)
 
 
 def _update(runtime: Runtime, step_model, model, optimizer, scaler, group: list[Batch], cfg, cost):
@@ -428,19 +496,36 @@ def _rng_state(runtime: Runtime) -> dict[str, Any]:
     return state
 
 
+def _finite(model: nn.Module) -> bool:
+    """Whether every parameter is finite (one device sync)."""
+    return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
+
+
 def _train_state_dict(state: TrainState) -> dict[str, Any]:
     return dict(vars(state))
 
 
-def _restore(saved, runtime, model, optimizer, scaler, sampler, state, cost, model_config) -> None:
+def _restore(
+    saved, runtime, model, optimizer, scaler, sampler, state, cost, model_config, vocab, path
+) -> None:
     if saved["model_config"] != model_config:
         raise TrainingError(
             "the output_dir holds a checkpoint of a different model "
             f"({saved['model_config']} vs {model_config}); choose another output_dir or set trainer.resume=false"
         )
-    model.load_state_dict(saved["model"])
+    if saved.get("sentencepiece") != vocab.to_bytes():  # the same size would load, and train on garbage
+        raise TrainingError(
+            f"{path} was trained with another sentencepiece vocabulary than the one prepared in the output_dir "
+            "(did the data or data.vocab_size change?); choose another output_dir or set trainer.resume=false"
+        )
+    try:
+        model.load_state_dict(saved["model"])
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise TrainingError(f"{path} does not fit the model ({first}); set trainer.resume=false") from None
     optimizer.load_state_dict(saved["optimizer"])
-    scaler.load_state_dict(saved["scaler"])
+    if saved["scaler"]:  # empty when saved by an fp32/bf16 run: an fp16 resume starts a fresh scale
+        scaler.load_state_dict(saved["scaler"])
     sampler.load_state_dict(saved["sampler"])
     for key, value in saved["train_state"].items():
         setattr(state, key, value)
