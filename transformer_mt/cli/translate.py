@@ -23,6 +23,8 @@ def main(overrides: list[str], show_help: bool) -> None:
         return
     translator, _ = load_translator(cfg)
     source = open(cfg.input, "rb") if cfg.input else sys.stdin.buffer  # noqa: SIM115
+    if not cfg.output and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(encoding="utf-8")  # translations are UTF-8 text, whatever the locale
     sink = open(cfg.output, "w", encoding="utf-8") if cfg.output else sys.stdout  # noqa: SIM115
     interactive = cfg.input is None and sys.stdin.isatty()
     try:

@@ -242,7 +242,7 @@ def _train(runtime, data_cfg, model_cfg, cfg, decoding_cfg, output_dir, run_conf
             saved_step = state.step
 
     batches = _endless(sampler)
-    window = {"loss": 0.0, "nll": 0.0, "tokens": 0.0, "time": time.perf_counter()}
+    window = {"loss": 0.0, "nll": 0.0, "tokens": 0.0, "steps": 0, "time": time.perf_counter()}
     stop_reason, stopped_by = "", 0
     metrics: dict[str, float] = {}
     with StopRequest() as stop_request:
@@ -282,6 +282,7 @@ def _train(runtime, data_cfg, model_cfg, cfg, decoding_cfg, output_dir, run_conf
             window["loss"] += loss_sum
             window["nll"] += nll_sum
             window["tokens"] += ntokens
+            window["steps"] += 1
             if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
                 elapsed = time.perf_counter() - window["time"]
                 tokens = max(window["tokens"], 1.0)
@@ -302,11 +303,12 @@ def _train(runtime, data_cfg, model_cfg, cfg, decoding_cfg, output_dir, run_conf
                 log.info(
                     f"step {state.step} | epoch {metrics['epoch']:.2f} | loss {metrics['loss']:.3f} | "
                     f"nll {metrics['nll']:.3f} | ppl {metrics['ppl']:.2f} | lr {lr:.3g} | gnorm {grad_norm:.3f} | "
-                    f"tok/s {metrics['tokens_per_second']:.0f}"
+                    f"tok/s {metrics['tokens_per_second']:.0f} | "
+                    f"eta {_duration((cfg.max_steps - state.step) * elapsed / window['steps'])}"
                     + (f" | loss scale {metrics['loss_scale']:g}" if scaler.is_enabled() else "")
                     + (f" | skipped {state.skipped_steps}" if state.skipped_steps else "")
                 )
-                window = {"loss": 0.0, "nll": 0.0, "tokens": 0.0, "time": time.perf_counter()}
+                window = {"loss": 0.0, "nll": 0.0, "tokens": 0.0, "steps": 0, "time": time.perf_counter()}
             log.advance(1, {"loss": f"{loss_sum / max(ntokens, 1) / math.log(2):.3f}", "lr": f"{lr:.2e}"})
 
             if cfg.max_epochs and _epochs_done(sampler) >= cfg.max_epochs:
@@ -470,6 +472,16 @@ def validation_bleu(runtime, model, data: PreparedData, cfg: TrainerConfig, deco
     translator = Translator([model], data.vocab, decoding_cfg, device=runtime.device)
     hypotheses = [hyps[0].text if hyps else "" for hyps in translator.translate(sources)]
     return corpus_scores(hypotheses, references)["bleu"]
+
+
+def _duration(seconds: float) -> str:
+    """12s, 4m05s, 3h07m: for the ETA in the step log."""
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def _endless(sampler: TokenBatchSampler):
