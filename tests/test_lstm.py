@@ -197,3 +197,14 @@ def test_tiny_model_overfits_eight_pairs(attention: str) -> None:
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.1 * losses[0], losses[::10]
+
+
+def test_xavier_init_sets_forget_gate_bias_and_scales_embeddings():
+    cfg = LSTMConfig(embed_dim=16, hidden_size=8, encoder_layers=1, decoder_layers=1, init="xavier")
+    model = LSTMSeq2Seq(cfg, vocab_size=30, pad_id=0)
+    bias = model.decoder.lstm.bias_ih_l0  # gates i, f, g, o
+    assert torch.all(bias[8:16] == 1.0) and torch.all(bias[:8] == 0.0) and torch.all(bias[16:] == 0.0)
+    embed = model.encoder.embed.weight[1:]
+    assert 0.5 * 16**-0.5 < embed.std().item() < 1.5 * 16**-0.5
+    with pytest.raises(ValueError, match="model.init"):
+        LSTMConfig(init="orthogonal")
