@@ -132,6 +132,9 @@ def run_peer(name: str, script: str, args: dict, *, timeout_s: float, log=print)
     The script gets the arguments as one JSON command-line argument and prints a JSON object as the
     last line of its standard output.
     """
+    reason = unsupported(PEERS[name]) if name in PEERS else None
+    if reason:
+        raise PeerError(reason)
     if not (SCRIPTS / script).exists():
         raise PeerError(f"there is no measurement script {script} for {name} yet")
     python = ensure_venv(name, log=log)
