@@ -58,7 +58,9 @@ def parse_options(schema: type[T], overrides: Sequence[str], command: str) -> T:
 def options_help(schema: type, command: str, doc: str) -> str:
     """The text of `--help`: what the command does, then its options with their defaults."""
     defaults = OmegaConf.to_yaml(OmegaConf.structured(schema))
-    return f"{doc.strip()}\n\nOptions of `transformer-mt {command}` (override any with key=value):\n\n{defaults}"
+    return (
+        f"{doc.strip()}\n\nOptions of `transformer-mt {command}` (override any with key=value):\n\n{defaults}"
+    )
 
 
 def device_of(name: str) -> torch.device:

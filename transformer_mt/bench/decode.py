@@ -167,6 +167,7 @@ def run(cfg: DecodeBenchConfig) -> dict[str, Any]:
     device = common.device_of(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    environment = common.environment(device)  # dated when the run starts
     if load_preset(cfg.model)["arch"] != "transformer":
         raise ValueError(
             f"bench decode compares Transformers; model={cfg.model!r} is not a Transformer preset"
@@ -193,7 +194,7 @@ def run(cfg: DecodeBenchConfig) -> dict[str, Any]:
     add_targets(rows, device)
     return {
         "benchmark": "decode",
-        "environment": common.environment(device),
+        "environment": environment,
         "settings": asdict(cfg),
         "rows": rows,
     }

@@ -190,6 +190,7 @@ def run(cfg: TrainBenchConfig) -> dict[str, Any]:
     device = common.device_of(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    environment = common.environment(device)  # dated when the run starts
     peaks = {p: common.measure_peak_flops(device, p, seconds=cfg.peak_seconds) for p in cfg.precisions}
     _log("peak matmul FLOP/s: " + ", ".join(f"{p} {v / 1e9:.0f} G" for p, v in peaks.items()))
     rows: list[dict[str, Any]] = []
@@ -220,7 +221,7 @@ def run(cfg: TrainBenchConfig) -> dict[str, Any]:
     add_targets(rows, device)
     return {
         "benchmark": "train",
-        "environment": common.environment(device),
+        "environment": environment,
         "settings": asdict(cfg),
         "peak_flops": peaks,
         "rows": rows,
