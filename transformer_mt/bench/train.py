@@ -102,9 +102,11 @@ class TrainBenchConfig:
 def load_preset(name: str) -> dict[str, Any]:
     """The model config of `configs/model/<name>.yaml` as a plain dict (its `defaults` list dropped)."""
     cfg = OmegaConf.to_container(OmegaConf.load(MODEL_CONFIGS / f"{name}.yaml"), resolve=True)
-    cfg.pop("defaults", None)
-    arch = {"transformer": "transformer", "lstm": "lstm", "convs2s": "convs2s"}
-    cfg.setdefault("arch", next(a for prefix, a in arch.items() if name.startswith(prefix)))
+    schemas = [d for d in cfg.pop("defaults", []) if isinstance(d, str) and d.endswith("_schema")]
+    if "arch" not in cfg:  # the presets extend `<arch>_schema` (config.py), whose default sets it
+        if not schemas:
+            raise ValueError(f"model preset {name!r} sets no arch and extends no <arch>_schema")
+        cfg["arch"] = schemas[0].removesuffix("_schema")
     return cfg
 
 
