@@ -53,8 +53,12 @@ class StopRequest:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        # After a stop request the checkpoint is written and the process is on its way out with
+        # 128 + N: ignore further stop signals from here, so that a repeat of the request (torchrun
+        # forwarding it) arriving during interpreter shutdown, when Python has put the default
+        # actions back, does not turn a clean stop into a death by signal.
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_IGN if self._first_at is not None else handler)
         self._previous.clear()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
