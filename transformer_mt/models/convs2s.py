@@ -27,7 +27,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from transformer_mt.models.interface import DecoderState, EncoderDecoder, EncoderOutput, padding_mask
+from transformer_mt.models.interface import (
+    DecoderState,
+    EncoderDecoder,
+    EncoderOutput,
+    check_incremental,
+    padding_mask,
+)
 
 SQRT_HALF = math.sqrt(0.5)
 
@@ -253,11 +259,7 @@ class ConvS2S(EncoderDecoder):
     ) -> tuple[Tensor, DecoderState | None]:
         """Logits (batch, tgt_len, vocab) of every position (state=None), or (batch, 1, vocab) of the
         one new position in prev_tokens (batch, 1), extending the cache in `state`."""
-        if state is not None and prev_tokens.size(1) != 1:
-            raise ValueError(
-                f"incremental decoding takes one new position per call, got prev_tokens of shape "
-                f"{tuple(prev_tokens.shape)}"
-            )
+        check_incremental(prev_tokens, state)
         start = 0 if state is None else state.steps
         self._check_length(start + prev_tokens.size(1), "the target")
         positions = torch.arange(start, start + prev_tokens.size(1), device=prev_tokens.device)

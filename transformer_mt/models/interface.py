@@ -78,4 +78,20 @@ def padding_mask(tokens: Tensor, pad_id: int) -> Tensor:
     return tokens.eq(pad_id)
 
 
-__all__ = ["EncoderOutput", "DecoderState", "EncoderDecoder", "count_parameters", "padding_mask"]
+def check_incremental(prev_tokens: Tensor, state: DecoderState | None) -> None:
+    """Incremental decoding (a `state`) takes exactly one new position per call."""
+    if state is not None and prev_tokens.size(1) != 1:
+        raise ValueError(
+            f"incremental decoding takes one new position per call, got prev_tokens of shape "
+            f"{tuple(prev_tokens.shape)}"
+        )
+
+
+__all__ = [
+    "EncoderOutput",
+    "DecoderState",
+    "EncoderDecoder",
+    "check_incremental",
+    "count_parameters",
+    "padding_mask",
+]

@@ -29,7 +29,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from transformer_mt.models.interface import DecoderState, EncoderDecoder, EncoderOutput, padding_mask
+from transformer_mt.models.interface import (
+    DecoderState,
+    EncoderDecoder,
+    EncoderOutput,
+    check_incremental,
+    padding_mask,
+)
 
 ATTENTION_TYPES = ("luong", "bahdanau")
 
@@ -312,11 +318,7 @@ class LSTMSeq2Seq(EncoderDecoder):
     ) -> tuple[Tensor, DecoderState | None]:
         """Logits (batch, tgt_len, vocab) of every position (state=None), or (batch, 1, vocab) of the
         one new position in prev_tokens (batch, 1), extending the cache in `state`."""
-        if state is not None and prev_tokens.size(1) != 1:
-            raise ValueError(
-                f"incremental decoding takes one new position per call, got prev_tokens of shape "
-                f"{tuple(prev_tokens.shape)}"
-            )
+        check_incremental(prev_tokens, state)
         self._check_length(prev_tokens.size(1) if state is None else state.steps + 1, "the target")
         return self.decoder(prev_tokens, memory, state)
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from transformer_mt.models.attention import CrossAttention, SelfAttention
-from transformer_mt.models.interface import DecoderState, EncoderDecoder, EncoderOutput
+from transformer_mt.models.interface import DecoderState, EncoderDecoder, EncoderOutput, check_incremental
 
 
 @dataclass
@@ -248,10 +248,7 @@ class Transformer(EncoderDecoder):
     ) -> tuple[Tensor, DecoderState | None]:
         """Logits (batch, tgt_len, vocab) of every position (state=None), or (batch, 1, vocab) of the
         one new position in `prev_tokens` (batch, 1), extending the cache in `state`."""
-        if state is not None and prev_tokens.size(1) != 1:
-            raise ValueError(
-                f"incremental decoding takes one new position per call, got prev_tokens of shape {tuple(prev_tokens.shape)}"
-            )
+        check_incremental(prev_tokens, state)
         start = 0 if state is None else state.steps
         x = self._embed(prev_tokens, self.decoder_embed, self.decoder_positions, start)
         for layer in self.decoder_layers:

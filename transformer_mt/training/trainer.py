@@ -163,16 +163,7 @@ def _train(runtime, data_cfg, model_cfg, cfg, decoding_cfg, output_dir, run_conf
             if len(train_set)
             else "the training split is empty after cleaning; check the data and data.max_len / min_len"
         )
-    sampler = TokenBatchSampler(
-        train_set.src_sizes[fits],
-        train_set.tgt_sizes[fits],
-        max_tokens=cfg.max_tokens,
-        shuffle=True,
-        seed=cfg.seed,
-        rank=runtime.rank,
-        world_size=runtime.world_size,
-        multiple_of=cfg.update_freq,
-    )
+    sampler = _sampler(train_set, fits, cfg, runtime, shuffle=True, multiple_of=cfg.update_freq)
     state, cost = TrainState(), TrainingCost()
     model_config = _plain(model_cfg)
     last = checkpoints / "checkpoint_last.pt"
@@ -414,14 +405,7 @@ def validation_loss(runtime: Runtime, model: EncoderDecoder, data: PreparedData,
     """Per-token loss and nll (base 2) on the valid split, sharded over the ranks."""
     valid = data.dataset("valid")
     fits = fitting_pairs(valid, model)
-    sampler = TokenBatchSampler(
-        valid.src_sizes[fits],
-        valid.tgt_sizes[fits],
-        max_tokens=cfg.max_tokens,
-        shuffle=False,
-        rank=runtime.rank,
-        world_size=runtime.world_size,
-    )
+    sampler = _sampler(valid, fits, cfg, runtime, shuffle=False)
     model.eval()
     loss_sum = nll_sum = tokens = 0.0
     for indices in sampler:
@@ -441,6 +425,28 @@ def fitting_pairs(dataset: ParallelDataset, model: EncoderDecoder) -> np.ndarray
     """Indices of the pairs the model can take: both sides, with EOS / BOS, within its positions."""
     limit = model.max_positions or np.iinfo(np.int64).max
     return np.flatnonzero((dataset.src_sizes < limit) & (dataset.tgt_sizes < limit))
+
+
+def _sampler(
+    dataset: ParallelDataset,
+    fits: np.ndarray,
+    cfg: TrainerConfig,
+    runtime: Runtime,
+    *,
+    shuffle: bool,
+    multiple_of: int = 1,
+) -> TokenBatchSampler:
+    """This rank's token-budget batches over the pairs `fits`; it yields positions into `fits`."""
+    return TokenBatchSampler(
+        dataset.src_sizes[fits],
+        dataset.tgt_sizes[fits],
+        max_tokens=cfg.max_tokens,
+        shuffle=shuffle,
+        seed=cfg.seed,
+        rank=runtime.rank,
+        world_size=runtime.world_size,
+        multiple_of=multiple_of,
+    )
 
 
 def _validate_and_track(runtime, model, data, cfg, decoding_cfg, state: TrainState, log) -> bool:
