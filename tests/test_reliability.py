@@ -482,7 +482,7 @@ def utf8(lines: list[bytes]) -> bool:
     return True
 
 
-@settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=2000, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(src=text_file(), tgt=text_file())
 def test_fuzzed_files_are_read_aligned_or_refused_with_a_clear_error(src, tgt):
     with tempfile.TemporaryDirectory() as folder:
