@@ -8,6 +8,7 @@ from pathlib import Path
 import datasets
 import pytest
 
+from transformer_mt.data import corpus
 from transformer_mt.data.corpus import (
     CleaningStats,
     CorpusError,
@@ -78,6 +79,49 @@ def test_crlf_cr_and_bom_are_normalised(tmp_path):
 def test_missing_final_newline_counts_the_last_line(tmp_path):
     prefix = write_pair(tmp_path, "train", "a\nb", "c\nd\n")
     assert pairs_of(prefix) == [("a", "c"), ("b", "d")]
+
+
+def test_a_lone_cr_at_the_end_of_a_file_ends_the_last_line_like_an_lf(tmp_path):
+    # Found by the fuzz test: b"\n\n\n\r" is four empty lines, as b"\n\n\n\n" is, and as the CR-only
+    # b"a\rb\r" is two lines; the final CR is a line end, neither dropped with its line nor a fifth line.
+    prefix = write_pair(tmp_path, "train", b"\n\n\n\n", b"\n\n\n\r")
+    assert pairs_of(prefix) == [("", "")] * 4
+    prefix = write_pair(tmp_path, "valid", b"a\r\nb\r", b"c\rd\r")
+    assert pairs_of(prefix, "valid") == [("a", "c"), ("b", "d")]
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 2, 3, 5])
+def test_line_ends_are_found_across_read_chunks(tmp_path, monkeypatch, chunk_bytes):
+    monkeypatch.setattr(corpus, "_CHUNK_BYTES", chunk_bytes)
+    path = tmp_path / "x.txt"
+    path.write_bytes(b"ab\r\rcde\rf\r")  # CR only: a CR at the end of a chunk or of the file is one line end
+    assert list(read_lines(path)) == ["ab", "", "cde", "f"]
+    path.write_bytes(b"ab\r\ncd\r\n\r\nef\r")  # CRLF split across chunks is one line end
+    assert list(read_lines(path)) == ["ab", "cd", "", "ef"]
+    path.write_bytes(b"ab\rcd\ref\ngh\n")  # the first LF comes chunks later: still an LF file, CR is text
+    assert list(read_lines(path)) == ["ab cd ef", "gh"]
+
+
+@pytest.mark.parametrize(
+    ("data", "too_long"),
+    [
+        (b"abcd\r\nefgh\nijkl\r", None),  # CRLF, LF, final CR after a line of the maximum length
+        (b"abcd\rijkl", None),
+        (b"abcd\r\nefghi\r\n", 2),
+        (b"abcd\nefghi", 2),
+        (b"abcd\rabcd\refghi\r", 3),
+    ],
+)
+def test_longest_line_is_measured_without_its_line_end(tmp_path, monkeypatch, data, too_long):
+    monkeypatch.setattr(corpus, "MAX_LINE_BYTES", 4)
+    monkeypatch.setattr(corpus, "_CHUNK_BYTES", 3)
+    path = tmp_path / "x.txt"
+    path.write_bytes(data)
+    if too_long is None:
+        assert all(len(line) == 4 for line in read_lines(path))
+    else:
+        with pytest.raises(CorpusError, match=rf"x\.txt:{too_long}: line longer than"):
+            list(read_lines(path))
 
 
 def test_line_separator_characters_inside_a_line_do_not_split_it(tmp_path):

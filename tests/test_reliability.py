@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -435,11 +436,11 @@ line_bytes = st.one_of(
 
 @st.composite
 def text_file(draw) -> bytes:
-    """A file: lines with LF or CRLF ends (or none on the last), a BOM, or raw random bytes."""
+    """A file: lines with LF, CRLF or CR ends (or none on the last), a BOM, or raw random bytes."""
     if draw(st.integers(0, 5)) == 0:
         return draw(st.binary(max_size=60))
     lines = draw(st.lists(line_bytes, max_size=6))
-    ends = [draw(st.sampled_from([b"\n", b"\r\n"])) for _ in lines]
+    ends = [draw(st.sampled_from([b"\n", b"\r\n", b"\r"])) for _ in lines]
     if lines and draw(st.booleans()):
         ends[-1] = b""
     return (BOM if draw(st.booleans()) else b"") + b"".join(
@@ -448,12 +449,14 @@ def text_file(draw) -> bytes:
 
 
 def expected_lines(data: bytes) -> list[bytes]:
-    """The reader's contract: lines end at LF (a CR before it dropped), or at CR in a file without LF;
-    a final line end adds no line; a BOM at the start is not text."""
-    if b"\n" not in data and b"\r" in data:
-        parts = data.split(b"\r")
+    """The reader's contract: in a file with any LF, lines end at LF, at CRLF, or at a CR that ends the
+    file (any other CR is text); in a file without LF, at CR. A final line end adds no line, a last
+    line without one counts; a BOM at the start is not text."""
+    if b"\n" in data:
+        data = data.replace(b"\r\n", b"\n")
+        parts = (data[:-1] + b"\n" if data.endswith(b"\r") else data).split(b"\n")
     else:
-        parts = [p[:-1] if p.endswith(b"\r") else p for p in data.split(b"\n")]
+        parts = data.split(b"\r")
     if parts[-1] == b"":
         parts.pop()
     if parts and parts[0].startswith(BOM):
@@ -482,10 +485,12 @@ def utf8(lines: list[bytes]) -> bool:
     return True
 
 
-@settings(max_examples=300, deadline=2000, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
-@given(src=text_file(), tgt=text_file())
-def test_fuzzed_files_are_read_aligned_or_refused_with_a_clear_error(src, tgt):
-    with tempfile.TemporaryDirectory() as folder:
+@settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@given(src=text_file(), tgt=text_file(), chunk_bytes=st.sampled_from([1, 2, 3, 1 << 20]))
+def test_fuzzed_files_are_read_aligned_or_refused_with_a_clear_error(src, tgt, chunk_bytes):
+    # Small read chunks put line ends (a CR, a CRLF, the first LF) across chunk boundaries.
+    chunks = mock.patch("transformer_mt.data.corpus._CHUNK_BYTES", chunk_bytes)
+    with tempfile.TemporaryDirectory() as folder, chunks:
         prefix = Path(folder) / "train"
         Path(f"{prefix}.en").write_bytes(src)
         Path(f"{prefix}.de").write_bytes(tgt)

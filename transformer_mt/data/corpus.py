@@ -58,12 +58,17 @@ def check_file(path: str | Path) -> Path:
 
 
 def read_lines(path: str | Path) -> Iterator[str]:
-    """Stream the normalised lines of a UTF-8 text file (LF, CRLF or CR line ends, optional BOM)."""
+    """Stream the normalised lines of a UTF-8 text file (LF, CRLF or CR line ends, optional BOM).
+
+    A file with any LF has LF or CRLF line ends, and a CR that ends the file ends its last line (as a
+    final LF would); any other CR is text (normalised to a space). A file without LF has CR line ends
+    (classic Mac). A line end at the end of the file adds no line; a last line without one counts.
+    """
     path = check_file(path)
     with path.open("rb") as f:
-        head = f.read(1 << 20)
+        has_lf = _contains_lf(f)  # the whole file, not a head: a mixed file is read one way throughout
         f.seek(0)
-        raw_lines = _split_on_cr(f) if b"\n" not in head and b"\r" in head else _split_on_lf(f)
+        raw_lines = _split_on_lf(f) if has_lf else _split_on_cr(f)
         for number, raw in enumerate(raw_lines, start=1):
             if len(raw) > MAX_LINE_BYTES:
                 raise CorpusError(
@@ -81,21 +86,33 @@ def read_lines(path: str | Path) -> Iterator[str]:
             yield normalise(text)
 
 
+_CHUNK_BYTES = 1 << 20
+
+
+def _contains_lf(f) -> bool:
+    # Stops at the first LF, so an LF file costs one chunk; only a CR-only file is read twice.
+    while chunk := f.read(_CHUNK_BYTES):
+        if b"\n" in chunk:
+            return True
+    return False
+
+
 def _split_on_lf(f) -> Iterator[bytes]:
-    # readline with a limit so that a file without newlines is not read whole into memory.
-    while raw := f.readline(MAX_LINE_BYTES + 1):
-        if raw.endswith(b"\n"):
-            raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
-        elif len(raw) > MAX_LINE_BYTES:
-            yield raw  # read_lines reports it
+    # readline with a limit so that a file without newlines is not read whole into memory. The limit
+    # leaves room for a CRLF after a line of MAX_LINE_BYTES, so that it never splits a CR from its LF.
+    limit = MAX_LINE_BYTES + 2
+    while raw := f.readline(limit):
+        if len(raw) == limit and not raw.endswith(b"\n"):
+            yield raw  # at least MAX_LINE_BYTES + 1 bytes of text: read_lines reports it
             return
-        yield raw
+        # Without an LF, readline stopped at the end of the file, where a lone CR ends the line too.
+        yield raw.removesuffix(b"\n").removesuffix(b"\r")
 
 
 def _split_on_cr(f) -> Iterator[bytes]:
-    """Lines of a file with classic Mac line ends (CR only)."""
+    """Lines of a file without LF: classic Mac line ends (CR only), or one line without any."""
     pending = b""
-    while chunk := f.read(1 << 20):
+    while chunk := f.read(_CHUNK_BYTES):
         *lines, pending = (pending + chunk).split(b"\r")
         yield from lines
         if len(pending) > MAX_LINE_BYTES:
