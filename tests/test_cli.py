@@ -29,6 +29,7 @@ def test_command_help_shows_the_config():
         ("model=transformer_huge", "transformer_huge"),
         ("trainer.update_freq=0", "update_freq"),
         ("trainer.precision=fp8", "precision"),
+        ("trainer.max_minutes=-5", "max_minutes"),
     ],
 )
 def test_bad_config_is_one_clear_error_before_any_work(tmp_path, override, message):

@@ -116,3 +116,16 @@ def test_average_cli_writes_the_mean_of_the_last_checkpoints(prepared, corpus, t
     for name, value in averaged.items():
         if value.is_floating_point():
             assert torch.allclose(value, sum(p[name] for p in parts) / 3, atol=1e-6)
+
+
+def test_max_minutes_stops_after_the_update_that_spends_the_budget_and_resume_respects_it(prepared, corpus, tmp_path):
+    run = fresh_run(prepared, tmp_path, "budget")
+    budget = ["trainer.max_steps=50", "trainer.max_minutes=0.0001", "trainer.valid_every=50"]  # 6 ms
+    train(run, corpus, *budget)
+    assert sorted(losses(run)) == [1]
+    assert "stopped: reached max_minutes=0.0001 at step 1" in (run / "train.log").read_text()
+    assert load_checkpoint(run / "checkpoints/checkpoint_last.pt")["step"] == 1
+
+    train(run, corpus, *budget)  # the budget counts the whole run, so a resume has nothing left
+    assert "reached max_minutes=0.0001 before this resume (step 1)" in (run / "train.log").read_text()
+    assert load_checkpoint(run / "checkpoints/checkpoint_last.pt")["step"] == 1

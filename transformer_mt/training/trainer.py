@@ -53,6 +53,7 @@ class TrainerConfig:
     # Stopping.
     max_steps: int = 100_000
     max_epochs: int = 0  # 0: no limit
+    max_minutes: float = 0.0  # wall-clock budget of the whole run, resumes included (0: no limit)
     patience: int = 0  # validations without improvement before stopping; 0: never stop early
     # Optimiser and schedule (paper 5.3).
     schedule: str = "noam"  # noam (the paper's formula) | inverse_sqrt (fairseq's) | constant
@@ -98,6 +99,8 @@ class TrainerConfig:
             raise ValueError(f"trainer.precision={self.precision!r} is not one of: {', '.join(PRECISIONS)}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"trainer.device={self.device!r} is not one of: auto, cpu, cuda")
+        if self.max_minutes < 0:
+            raise ValueError(f"trainer.max_minutes must be 0 (no limit) or positive, got {self.max_minutes}")
         if not self.dist_timeout_s > 0:
             raise ValueError(f"trainer.dist_timeout_s must be positive, got {self.dist_timeout_s}")
 
@@ -235,6 +238,8 @@ def _train(runtime, data_cfg, model_cfg, cfg, decoding_cfg, output_dir, run_conf
     batches = _endless(sampler)
     window = {"loss": 0.0, "nll": 0.0, "tokens": 0.0, "steps": 0, "time": time.perf_counter()}
     stop_reason, stopped_by = "", 0
+    if cfg.max_minutes and state.step and _agreed_minutes(runtime, cost) >= cfg.max_minutes:
+        stop_reason = f"reached max_minutes={cfg.max_minutes:g} before this resume (step {state.step})"
     metrics: dict[str, float] = {}
     with StopRequest() as stop_request:
         while not stop_reason:
@@ -306,6 +311,8 @@ def _train(runtime, data_cfg, model_cfg, cfg, decoding_cfg, output_dir, run_conf
                 stop_reason = f"reached max_epochs={cfg.max_epochs}"
             elif state.step >= cfg.max_steps:
                 stop_reason = f"reached max_steps={cfg.max_steps}"
+            elif cfg.max_minutes and _agreed_minutes(runtime, cost) >= cfg.max_minutes:
+                stop_reason = f"reached max_minutes={cfg.max_minutes:g} at step {state.step}"
             if state.step % cfg.valid_every == 0 or stop_reason:
                 improved = _validate_and_track(runtime, model, data, cfg, decoding_cfg, state, log)
                 if cfg.patience and state.bad_validations >= cfg.patience:
@@ -499,6 +506,13 @@ def _endless(sampler: TokenBatchSampler):
 def _epochs_done(sampler: TokenBatchSampler) -> float:
     state = sampler.state_dict()
     return state["epoch"] + state["position"] / max(len(sampler), 1)
+
+
+def _agreed_minutes(runtime: Runtime, cost: TrainingCost) -> float:
+    """Minutes of training so far, resumes included, as rank 0 counts them (a collective under DDP),
+    so that every rank stops after the same update."""
+    minutes = cost.elapsed() / 60 if runtime.is_main else 0.0
+    return runtime.all_reduce_sum([minutes])[0]
 
 
 def _checkpoint_names(tag: str, step: int) -> list[str]:
