@@ -164,7 +164,58 @@ def test_decode_bench_runs_our_side_to_the_fixed_length(tmp_path):
     for row in rows:
         assert row["status"] == "ok" and row["sentences_per_second"] > 0
         assert row["tokens_per_second"] == pytest.approx(4 * row["sentences_per_second"])
-        assert row["output_lengths"] == [4]  # every sentence: out_len decoder steps, EOS held back
+        assert row["output_tokens"] == 3 * 4 and row["equal_work"]  # out_len steps each, EOS held back
+
+
+def test_decode_bench_on_a_file_batches_as_the_translator_and_runs_each_batch_to_its_width(tmp_path):
+    words = "the a house cat dog runs sees small big old new red".split()
+    gen = torch.Generator().manual_seed(0)
+    lines = [
+        " ".join(words[i] for i in torch.randint(0, len(words), (n,), generator=gen)) for n in range(1, 31)
+    ]
+    text = tmp_path / "news.en"
+    text.write_text("\n".join(lines[:10] + [""] + lines[10:]) + "\n")  # the empty line is skipped
+    cfg = common.parse_options(
+        decode.DecodeBenchConfig,
+        [
+            f"input={text}",
+            "max_sentences=24",
+            "max_tokens=64",
+            "vocab_size=80",
+            "model=transformer_tiny",
+            "peers=[]",
+            "warmup=1",
+            "repeats=1",
+            "threads=1",
+            "beams=[2]",
+        ],
+        "bench decode",
+    )
+    work = decode.file_workload(cfg)
+    assert work.sentences == 24
+    widths = [b.size(1) for b in work.batches]
+    assert widths == sorted(widths) and work.steps == widths  # length-sorted; steps = the widest source
+    assert all(b.size(0) * b.size(1) <= 64 or b.size(0) == 1 for b in work.batches)
+    assert all((b[:, 0] != decode.PAD).all() and (b.eq(decode.EOS).sum(1) == 1).all() for b in work.batches)
+    payload = decode.run(cfg)
+    (row,) = payload["rows"]
+    assert row["equal_work"] and row["output_tokens"] == sum(b.numel() for b in work.batches)
+    assert payload["workload"]["sentences"] == 24 and "24 sentences" in decode.table(payload)
+
+
+def test_decode_bench_refuses_a_missing_input(tmp_path):
+    with pytest.raises(ValueError, match="input=.*nope.txt: no such file"):
+        common.parse_options(decode.DecodeBenchConfig, [f"input={tmp_path / 'nope.txt'}"], "bench decode")
+
+
+def test_peers_read_the_same_sentences_in_marian_ids():
+    from transformer_mt.bench.peer_scripts import marian
+
+    args = {"vocab_size": 10, "batches": [[[5, 9, 1, 3], [4, 3, 0, 0]]], "steps": [4]}
+    assert marian.marian_ids(args, args["batches"][0]) == [[5, 2, 1, 0], [4, 0]]
+    ((src, mask, steps),) = marian.batches(args)
+    assert src.tolist() == [[5, 2, 1, 0], [4, 0, 9, 9]] and mask.tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
+    assert steps == 4
 
 
 def test_help_lists_the_options(capsys):

@@ -1,19 +1,29 @@
 """`transformer-mt bench decode`: decoding sentences/s and tokens/s against Hugging Face and CTranslate2.
 
 Our side is `decoding.search.generate` (what `Translator` and `evaluate` call for each batch) on a
-model of a preset, here with random weights, decoding a batch of random source sentences greedily
-(beam 1) and with beam 4. The peers decode the same batch shape with a model of the same size:
+model of a preset, here with random weights, greedily (beam 1) and with beam 4. The peers decode
+the very same batches of source ids with a model of the same size and vocabulary:
 
 - transformers: a randomly initialised MarianMT model (the Transformer of the paper, post-norm,
   sinusoidal positions, shared embeddings) of equal size and vocabulary, with `generate`;
 - ctranslate2: that Marian model converted by CTranslate2's own Transformers converter.
 
-Both run in virtual environments of their own (see `peers.py`). Random weights give outputs of
-arbitrary length, so every system is made to do equal work: EOS is forbidden until the maximum,
-and every sentence runs the decoder exactly `out_len` times (transformers: min_new_tokens =
-max_new_tokens = out_len; CTranslate2: min_decoding_length = max_decoding_length = out_len; ours:
-the EOS logit is pushed to -1e4 and the maximum length is out_len - 1 tokens, after which the
-search forces EOS on the out_len-th step). tokens/s counts out_len tokens per sentence.
+Both run in virtual environments of their own (see `peers.py`). What is decoded:
+
+- `input=FILE` (e.g. ../shared/data/wmt14_en_de/newstest2013.en): real sentences, encoded with a
+  sentencepiece model (`spm=PATH`, or one of up to `vocab_size` pieces trained on the file itself)
+  and cut into batches exactly as `Translator` cuts them: sorted by length, at most `max_tokens`
+  padded source tokens per batch. One timed repeat is one pass over every batch.
+- no input: one batch of `batch_size` random sentences of `src_len` tokens.
+
+Random weights give outputs of arbitrary length, so every system is made to do equal work: EOS is
+forbidden until a fixed number of decoder steps per batch, and every sentence of the batch runs the
+decoder exactly that many times (transformers: min_new_tokens = max_new_tokens; CTranslate2:
+min_decoding_length = max_decoding_length; ours: the EOS logit is pushed to -1e4 and the maximum
+length is one token less, after which the search forces EOS). That number is `out_len` for random
+sentences and, for a file, the batch's padded source length (its longest sentence with EOS): a
+translation about as long as its source. tokens/s counts those decoder steps; each system reports
+the steps it actually ran (`output_tokens`), so equal work is checked, not assumed.
 The issue's target is reported, never asserted: decoding >= 2x transformers' generate on a CPU and
 >= 3x on a GPU.
 """
@@ -22,7 +32,9 @@ The issue's target is reported, never asserted: decoding >= 2x transformers' gen
 from __future__ import annotations
 
 import sys
+import tempfile
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, List, Optional
 
 import torch
@@ -31,7 +43,10 @@ from torch import Tensor
 from transformer_mt.bench import common
 from transformer_mt.bench.peers import PeerError, run_peer
 from transformer_mt.bench.train import MODEL_CONFIGS, load_preset
+from transformer_mt.data.corpus import read_lines
+from transformer_mt.data.vocab import Vocabulary, train_vocabulary
 from transformer_mt.decoding.search import DecodingConfig, generate
+from transformer_mt.decoding.translator import collate_sources, length_sorted_batches
 from transformer_mt.models import build_model, count_parameters
 from transformer_mt.models.interface import DecoderState, EncoderDecoder, EncoderOutput
 from transformer_mt.models.transformer import TransformerConfig
@@ -49,12 +64,16 @@ class DecodeBenchConfig:
     beams: List[int] = field(default_factory=lambda: [1, 4])  # 1 is greedy
     precisions: List[str] = field(default_factory=lambda: ["fp32"])
     peers: List[str] = field(default_factory=lambda: list(SYSTEMS))  # transformers, ctranslate2
-    batch_size: int = 64  # sentences decoded together
-    src_len: int = 32  # source tokens per sentence (the last is EOS)
-    out_len: int = 32  # decoder steps per sentence, the same for every system
+    input: Optional[str] = None  # a text file, one sentence per line; None: random sentences
+    spm: Optional[str] = None  # sentencepiece model for `input`; None: train one on the input
+    max_sentences: int = 0  # decode only the first N non-empty lines of `input` (0: all)
+    max_tokens: int = DecodingConfig.max_tokens  # padded source tokens per batch of `input`
+    batch_size: int = 64  # random sentences decoded together
+    src_len: int = 32  # source tokens per random sentence (the last is EOS)
+    out_len: int = 32  # decoder steps per random sentence, the same for every system
     vocab_size: int = 32000
-    warmup: int = 1  # untimed batches first
-    repeats: int = 3  # timed batches; the median is reported
+    warmup: int = 1  # untimed runs of the first batch
+    repeats: int = 3  # timed passes over every batch; the median is reported
     device: str = "auto"  # auto | cpu | cuda
     threads: Optional[int] = None  # torch (and CTranslate2) CPU threads (default: torch's choice)
     peer_timeout_s: float = 3600.0
@@ -63,7 +82,7 @@ class DecodeBenchConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("batch_size", "repeats", "vocab_size"):
+        for name in ("batch_size", "repeats", "vocab_size", "max_tokens"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)} must be at least 1")
         if self.src_len < 2 or self.out_len < 2:
@@ -78,6 +97,14 @@ class DecodeBenchConfig:
         bad = [p for p in self.peers if p not in SYSTEMS]
         if bad:
             problems.append(f"peers={bad} unknown; choose from {', '.join(SYSTEMS)} (or peers=[] for none)")
+        if self.max_sentences < 0:
+            problems.append(f"max_sentences={self.max_sentences} must be 0 (all) or positive")
+        for name in ("input", "spm"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                problems.append(f"{name}={path}: no such file")
+        if self.spm is not None and self.input is None:
+            problems.append("spm is for encoding input=FILE; give input too")
         if not (MODEL_CONFIGS / f"{self.model}.yaml").exists():
             problems.append(f"no model preset {self.model!r} in {MODEL_CONFIGS}")
         if problems:
@@ -110,37 +137,102 @@ class NoEarlyEOS(EncoderDecoder):
         return logits, state
 
 
-def random_sources(cfg: DecodeBenchConfig) -> Tensor:
-    """(batch_size, src_len) random word ids in [4, vocab) with a final EOS, no padding."""
+@dataclass
+class Workload:
+    """What every system decodes: batches of source ids and the decoder steps of each batch."""
+
+    batches: list[Tensor]  # (batch, width): ids + EOS, right-padded with PAD (our ids, docs/design.md)
+    steps: list[int]  # decoder steps of every sentence of each batch, EOS included
+    description: str
+
+    @property
+    def sentences(self) -> int:
+        return sum(b.size(0) for b in self.batches)
+
+    @property
+    def tokens(self) -> int:
+        """Decoder steps in one pass: the tokens/s numerator."""
+        return sum(b.size(0) * n for b, n in zip(self.batches, self.steps, strict=True))
+
+
+def random_workload(cfg: DecodeBenchConfig) -> Workload:
+    """One batch of `batch_size` x `src_len` random word ids in [4, vocab) with a final EOS."""
     gen = torch.Generator().manual_seed(cfg.seed)
     src = torch.randint(4, cfg.vocab_size, (cfg.batch_size, cfg.src_len), generator=gen)
     src[:, -1] = EOS
-    return src
+    description = (
+        f"one batch of {cfg.batch_size} random sentences x {cfg.src_len} source tokens, "
+        f"{cfg.out_len} decoder steps each (EOS held back)"
+    )
+    return Workload([src], [cfg.out_len], description)
 
 
-def measure_ours(cfg: DecodeBenchConfig, precision: str, device: torch.device) -> dict[str, Any]:
-    """Seconds per batch of `generate`, for each beam size, and the output lengths it produced."""
+def file_workload(cfg: DecodeBenchConfig) -> Workload:
+    """The non-empty lines of `cfg.input`, encoded and batched as `Translator` does."""
+    assert cfg.input is not None
+    lines = [line for line in read_lines(cfg.input) if line.strip()]
+    if cfg.max_sentences:
+        lines = lines[: cfg.max_sentences]
+    if not lines:
+        raise ValueError(f"bench decode: {cfg.input} has no non-empty line")
+    if cfg.spm is not None:
+        vocab, made = Vocabulary.from_file(cfg.spm), f"sentencepiece model {cfg.spm}"
+    else:
+        with tempfile.TemporaryDirectory() as folder:
+            vocab = train_vocabulary(lines, Path(folder) / "spm", vocab_size=cfg.vocab_size)
+        made = f"a {len(vocab)}-piece BPE trained on those lines"
+    if len(vocab) > cfg.vocab_size:
+        raise ValueError(
+            f"bench decode: {cfg.spm} has {len(vocab)} pieces, more than vocab_size={cfg.vocab_size}"
+        )
+    ids = vocab.encode_batch(lines)
+    lengths = dict(enumerate(len(x) for x in ids))
+    batches = [
+        collate_sources([ids[i] for i in indices], pad_id=PAD, eos_id=EOS)
+        for indices in length_sorted_batches(lengths, cfg.max_tokens)
+    ]
+    steps = [b.size(1) for b in batches]  # the longest source of the batch, with its EOS
+    description = (
+        f"{cfg.input}: {len(lines)} sentences ({sum(lengths.values()) + len(lines)} source tokens with "
+        f"EOS; {made}) in {len(batches)} length-sorted batches of <= {cfg.max_tokens} padded tokens; "
+        "each batch decodes as many steps as its longest source (EOS held back)"
+    )
+    return Workload(batches, steps, description)
+
+
+def measure_ours(
+    cfg: DecodeBenchConfig, work: Workload, precision: str, device: torch.device
+) -> dict[str, Any]:
+    """Seconds per pass of `generate` over the workload, for each beam size, and the steps it ran."""
     torch.manual_seed(cfg.seed)
     model = build_model(load_preset(cfg.model), vocab_size=cfg.vocab_size, pad_id=PAD).to(device).eval()
     search_model = NoEarlyEOS(model, EOS)
-    src = random_sources(cfg).to(device)
-    result: dict[str, Any] = {"params": count_parameters(model), "seconds": {}, "lengths": {}}
+    batches = [b.to(device) for b in work.batches]
+    result: dict[str, Any] = {"params": count_parameters(model), "seconds": {}, "output_tokens": {}}
     for beam in cfg.beams:
-        decoding = DecodingConfig(beam=beam, lenpen=0.6, max_len_a=0.0, max_len_b=cfg.out_len - 1)
-        found: list = []
+        ran: list[int] = []
 
-        def run_batch(decoding: DecodingConfig = decoding, found: list = found) -> None:
+        def decode(index: int, beam: int = beam, ran: list = ran) -> None:
+            decoding = DecodingConfig(beam=beam, lenpen=0.6, max_len_a=0.0, max_len_b=work.steps[index] - 1)
             with common.autocast(device, precision):
-                found[:] = generate([search_model], src, decoding, bos_id=BOS, eos_id=EOS, pad_id=PAD)
+                found = generate([search_model], batches[index], decoding, bos_id=BOS, eos_id=EOS, pad_id=PAD)
+            ran.append(sum(len(hyps[0].tokens) + 1 for hyps in found))  # the tokens and the final EOS
 
-        seconds = common.time_calls(run_batch, warmup=cfg.warmup, repeats=cfg.repeats, device=device)
-        result["seconds"][str(beam)] = seconds
-        # Output positions decoded per sentence: the tokens and the final EOS.
-        result["lengths"][str(beam)] = sorted({len(hyps[0].tokens) + 1 for hyps in found})
+        def one_pass(ran: list = ran, decode=decode) -> None:
+            ran.clear()
+            for index in range(len(batches)):
+                decode(index)
+
+        for _ in range(cfg.warmup):
+            decode(0)
+        result["seconds"][str(beam)] = common.time_calls(
+            one_pass, warmup=0, repeats=cfg.repeats, device=device
+        )
+        result["output_tokens"][str(beam)] = sum(ran)
     return result
 
 
-def peer_args(cfg: DecodeBenchConfig, precision: str, device: torch.device) -> dict[str, Any]:
+def peer_args(cfg: DecodeBenchConfig, work: Workload, precision: str, device: torch.device) -> dict[str, Any]:
     size = TransformerConfig(**load_preset(cfg.model))
     return {
         "d_model": size.d_model,
@@ -149,9 +241,8 @@ def peer_args(cfg: DecodeBenchConfig, precision: str, device: torch.device) -> d
         "encoder_layers": size.encoder_layers,
         "decoder_layers": size.decoder_layers,
         "vocab_size": cfg.vocab_size,
-        "batch_size": cfg.batch_size,
-        "src_len": cfg.src_len,
-        "out_len": cfg.out_len,
+        "batches": [b.tolist() for b in work.batches],  # our ids: pad 0, unk 1, bos 2, eos 3
+        "steps": work.steps,
         "beams": list(cfg.beams),
         "warmup": cfg.warmup,
         "repeats": cfg.repeats,
@@ -172,17 +263,19 @@ def run(cfg: DecodeBenchConfig) -> dict[str, Any]:
         raise ValueError(
             f"bench decode compares Transformers; model={cfg.model!r} is not a Transformer preset"
         )
+    work = file_workload(cfg) if cfg.input else random_workload(cfg)
+    _log(work.description)
     rows: list[dict[str, Any]] = []
     for precision in cfg.precisions:
         _log(f"{cfg.model} {precision}: transformer-mt")
-        results = {"ours": measure_ours(cfg, precision, device)}
+        results = {"ours": measure_ours(cfg, work, precision, device)}
         for system in cfg.peers:
             _log(f"{cfg.model} {precision}: {NAMES[system]}")
             try:
                 results[system] = run_peer(
                     system,
                     f"{system}_decode.py",
-                    peer_args(cfg, precision, device),
+                    peer_args(cfg, work, precision, device),
                     timeout_s=cfg.peer_timeout_s,
                     log=_log,
                 )
@@ -190,17 +283,25 @@ def run(cfg: DecodeBenchConfig) -> dict[str, Any]:
                 results[system] = {"error": str(err)}
         for beam in cfg.beams:
             for system, result in results.items():
-                rows.append(_row(cfg, system, precision, beam, result))
+                rows.append(_row(cfg, work, system, precision, beam, result))
     add_targets(rows, device)
     return {
         "benchmark": "decode",
         "environment": environment,
         "settings": asdict(cfg),
+        "workload": {
+            "description": work.description,
+            "sentences": work.sentences,
+            "batches": len(work.batches),
+            "decoder_steps": work.tokens,
+        },
         "rows": rows,
     }
 
 
-def _row(cfg: DecodeBenchConfig, system: str, precision: str, beam: int, result: dict) -> dict[str, Any]:
+def _row(
+    cfg: DecodeBenchConfig, work: Workload, system: str, precision: str, beam: int, result: dict
+) -> dict[str, Any]:
     row: dict[str, Any] = {"model": cfg.model, "system": NAMES[system], "precision": precision, "beam": beam}
     if "error" in result:
         return {**row, "status": "not runnable", "reason": result["error"]}
@@ -209,10 +310,11 @@ def _row(cfg: DecodeBenchConfig, system: str, precision: str, beam: int, result:
         **row,
         "status": "ok",
         "params": result.get("params"),
-        "batch_ms": 1e3 * seconds,
-        "sentences_per_second": cfg.batch_size / seconds,
-        "tokens_per_second": cfg.batch_size * cfg.out_len / seconds,
-        "output_lengths": result["lengths"][str(beam)],
+        "pass_seconds": seconds,
+        "sentences_per_second": work.sentences / seconds,
+        "tokens_per_second": work.tokens / seconds,
+        "output_tokens": result["output_tokens"][str(beam)],
+        "equal_work": result["output_tokens"][str(beam)] == work.tokens,
         "seconds": result["seconds"][str(beam)],
         **({"version": result["version"]} if "version" in result else {}),
     }
@@ -237,7 +339,7 @@ COLUMNS = [
     ("system", "system"),
     ("precision", "prec"),
     ("beam", "beam"),
-    ("batch_ms", "batch ms"),
+    ("pass_seconds", "pass s"),
     ("sentences_per_second", "sent/s"),
     ("tokens_per_second", "tok/s"),
     ("vs_hf", "vs HF"),
@@ -251,18 +353,19 @@ def table(payload: dict[str, Any]) -> str:
     for row in payload["rows"]:
         shown = dict(row)
         if row["status"] != "ok":
-            shown["batch_ms"] = row["status"]
+            shown["pass_seconds"] = row["status"]
+        elif not row["equal_work"]:
+            shown["system"] = f"{row['system']} (ran {row['output_tokens']} steps!)"
         if "vs_hf" in row:
             shown["vs_hf"] = f"{row['vs_hf']:.2f}x"
         if "met" in row:
             shown["verdict"] = "pass" if row["met"] else "MISS"
         rows.append(shown)
-    s, env = payload["settings"], payload["environment"]
+    s, env, work = payload["settings"], payload["environment"], payload["workload"]
     lines = [
         common.format_table(rows, COLUMNS),
-        f"batch of {s['batch_size']} random sentences x {s['src_len']} source tokens, {s['out_len']} decoder steps "
-        f"each (EOS held back), vocab {s['vocab_size']}; {env['device_name']}, {env['threads']} threads, "
-        f"torch {env['torch']}",
+        f"{work['description']}; {work['decoder_steps']} decoder steps per pass, vocab {s['vocab_size']}; "
+        f"{env['device_name']}, {env['threads']} threads, torch {env['torch']}",
     ]
     seen = set()
     for row in payload["rows"]:
@@ -288,4 +391,14 @@ def main(overrides: list[str], show_help: bool) -> int | None:
     return 0
 
 
-__all__ = ["DecodeBenchConfig", "NoEarlyEOS", "run", "main", "measure_ours", "table"]
+__all__ = [
+    "DecodeBenchConfig",
+    "NoEarlyEOS",
+    "Workload",
+    "file_workload",
+    "random_workload",
+    "run",
+    "main",
+    "measure_ours",
+    "table",
+]

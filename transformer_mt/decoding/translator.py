@@ -69,8 +69,11 @@ class Translator:
                 results[index] = [
                     Translation(tokens=[], score=0.0, logprob=0.0, positional_scores=[], text="")
                 ]
-        for indices in self._batches(sources):
-            src_tokens = self._collate([sources[i] for i in indices])
+        lengths = {index: len(ids) for index, ids in sources.items()}
+        for indices in length_sorted_batches(lengths, self.cfg.max_tokens):
+            src_tokens = collate_sources(
+                [sources[i] for i in indices], pad_id=self.vocab.pad_id, eos_id=self.vocab.eos_id
+            ).to(self.device)
             with self._autocast():
                 found = generate(
                     self.models,
@@ -96,29 +99,6 @@ class Translator:
             ids = ids[:keep]
         return ids
 
-    def _batches(self, sources: dict[int, list[int]]) -> list[list[int]]:
-        """Line indices in batches of at most cfg.max_tokens padded source tokens, by length."""
-        batches: list[list[int]] = []
-        current: list[int] = []
-        for index in sorted(sources, key=lambda i: (len(sources[i]), i)):
-            width = len(sources[index]) + 1  # the longest so far, with its EOS
-            if current and (len(current) + 1) * width > self.cfg.max_tokens:
-                batches.append(current)
-                current = []
-            current.append(index)
-        if current:
-            batches.append(current)
-        return batches
-
-    def _collate(self, sentences: list[list[int]]) -> torch.Tensor:
-        """(batch, src_len) ids + EOS, right-padded with PAD."""
-        width = max(len(s) for s in sentences) + 1
-        src = torch.full((len(sentences), width), self.vocab.pad_id, dtype=torch.long)
-        for row, ids in enumerate(sentences):
-            src[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            src[row, len(ids)] = self.vocab.eos_id
-        return src.to(self.device)
-
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype is None:
             return contextlib.nullcontext()
@@ -128,6 +108,33 @@ class Translator:
         return Translation(
             hyp.tokens, hyp.score, hyp.logprob, hyp.positional_scores, self.vocab.decode(hyp.tokens)
         )
+
+
+def length_sorted_batches(lengths: dict[int, int], max_tokens: int) -> list[list[int]]:
+    """Sentence keys sorted by length (ties by key) and cut into batches of at most `max_tokens`
+    padded tokens, counting each sentence's EOS: `len(batch) * (longest + 1) <= max_tokens`, except
+    that a sentence too long for the budget gets a batch of its own. `lengths`: key -> ids without EOS."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for key in sorted(lengths, key=lambda k: (lengths[k], k)):
+        width = lengths[key] + 1  # the longest so far, with its EOS
+        if current and (len(current) + 1) * width > max_tokens:
+            batches.append(current)
+            current = []
+        current.append(key)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def collate_sources(sentences: Sequence[Sequence[int]], *, pad_id: int, eos_id: int) -> torch.Tensor:
+    """(batch, src_len) ids + EOS, right-padded with PAD, on the CPU."""
+    width = max(len(s) for s in sentences) + 1
+    src = torch.full((len(sentences), width), pad_id, dtype=torch.long)
+    for row, ids in enumerate(sentences):
+        src[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        src[row, len(ids)] = eos_id
+    return src
 
 
 def format_nbest(line_index: int, hyps: Sequence[Translation]) -> str:
@@ -145,4 +152,4 @@ def format_nbest(line_index: int, hyps: Sequence[Translation]) -> str:
     return "\n".join(rows)
 
 
-__all__ = ["Translation", "Translator", "format_nbest"]
+__all__ = ["Translation", "Translator", "collate_sources", "format_nbest", "length_sorted_batches"]

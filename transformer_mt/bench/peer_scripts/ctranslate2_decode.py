@@ -1,10 +1,10 @@
 """CTranslate2: the random MarianMT model of `marian.py`, converted by CTranslate2's own
-Transformers converter, decoding the same batch greedily and with beam search.
+Transformers converter, decoding the harness's batches greedily and with beam search.
 
 The converter reads the model saved with `save_pretrained`; its tokenizer is only asked for the
 vocabulary and the names of EOS and UNK, so a stand-in answers those (a random model has no
-sentencepiece files). min_decoding_length = max_decoding_length = out_len makes every sentence run
-the decoder out_len times. One translation thread (inter_threads=1) using `threads` cores.
+sentencepiece files). min_decoding_length = max_decoding_length = the batch's decoder steps makes
+every sentence run the decoder that many times. One translation thread (inter_threads=1) using `threads` cores.
 """
 
 from __future__ import annotations
@@ -38,10 +38,12 @@ def measure(args: dict[str, Any]) -> dict[str, Any]:
 
     device = harness.setup(args)
     model = marian.marian_model(args)
-    src = marian.random_sources(args)
-    batch = [[names[i] for i in row] for row in src.tolist()]
+    work = [
+        ([[names[i] for i in row] for row in marian.marian_ids(args, rows)], steps)
+        for rows, steps in zip(args["batches"], args["steps"], strict=True)
+    ]
     compute_type = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[args["precision"]]
-    result: dict[str, Any] = {"seconds": {}, "lengths": {}, "params": harness.count_parameters(model)}
+    result: dict[str, Any] = {"seconds": {}, "output_tokens": {}, "params": harness.count_parameters(model)}
     with tempfile.TemporaryDirectory() as folder:
         model.save_pretrained(f"{folder}/hf")
         Converter(f"{folder}/hf").convert(f"{folder}/ct2")
@@ -54,21 +56,30 @@ def measure(args: dict[str, Any]) -> dict[str, Any]:
         )
         result["compute_type"] = translator.compute_type
         for beam in args["beams"]:
-            out: list = []
+            ran: list[int] = []
 
-            def run_batch(beam: int = beam, out: list = out) -> None:
-                out[:] = translator.translate_batch(
+            def decode(index: int, beam: int = beam, ran: list = ran) -> None:
+                batch, steps = work[index]
+                out = translator.translate_batch(
                     batch,
                     beam_size=beam,
-                    max_batch_size=args["batch_size"],
+                    max_batch_size=len(batch),
                     length_penalty=0.6 if beam > 1 else 1.0,
-                    min_decoding_length=args["out_len"],
-                    max_decoding_length=args["out_len"],
+                    min_decoding_length=steps,
+                    max_decoding_length=steps,
                 )
+                ran.append(sum(len(r.hypotheses[0]) for r in out))
 
-            timing = {**args, "steps": args["repeats"]}
-            result["seconds"][str(beam)] = harness.time_steps(run_batch, timing, device)
-            result["lengths"][str(beam)] = sorted({len(r.hypotheses[0]) for r in out})
+            def one_pass(ran: list = ran, decode=decode) -> None:
+                ran.clear()
+                for index in range(len(work)):
+                    decode(index)
+
+            for _ in range(args["warmup"]):
+                decode(0)
+            timing = {**args, "warmup": 0, "steps": args["repeats"]}
+            result["seconds"][str(beam)] = harness.time_steps(one_pass, timing, device)
+            result["output_tokens"][str(beam)] = sum(ran)
     result["version"] = ctranslate2.__version__
     return result
 

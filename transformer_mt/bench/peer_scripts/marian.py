@@ -35,7 +35,7 @@ def marian_model(args: dict[str, Any]):
         decoder_ffn_dim=args["ffn_dim"],
         activation_function="relu",
         scale_embedding=True,
-        max_position_embeddings=max(args["src_len"], args["out_len"]) + 2,
+        max_position_embeddings=max([len(b[0]) for b in args["batches"]] + args["steps"]) + 2,
         pad_token_id=pad_id(args),
         eos_token_id=EOS,
         decoder_start_token_id=pad_id(args),
@@ -47,12 +47,26 @@ def marian_model(args: dict[str, Any]):
     return MarianMTModel(config).eval()
 
 
-def random_sources(args: dict[str, Any]) -> torch.Tensor:
-    """(batch, src_len) random word ids (neither special) with a final EOS, as ours are made."""
-    gen = torch.Generator().manual_seed(args["seed"])
-    src = torch.randint(4, pad_id(args), (args["batch_size"], args["src_len"]), generator=gen)
-    src[:, -1] = EOS
-    return src
+def marian_ids(args: dict[str, Any], rows: list[list[int]]) -> list[list[int]]:
+    """transformer-mt's ids (pad 0, unk 1, bos 2, eos 3, words from 4), padding dropped, in
+    Marian's layout: eos 0, unk 1, the words where they were (the one id that is Marian's pad,
+    vocab_size - 1, moves to 2, free here), so both sides read the same sentences."""
+    ours_pad, ours_unk, ours_eos = 0, 1, 3
+    special = {ours_unk: UNK, ours_eos: EOS, pad_id(args): 2}
+    return [[special.get(i, i) for i in row if i != ours_pad] for row in rows]
+
+
+def batches(args: dict[str, Any]) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+    """The harness's batches as (src, attention_mask, decoder steps), right-padded with Marian's pad."""
+    out = []
+    for rows, steps in zip(args["batches"], args["steps"], strict=True):
+        sentences = marian_ids(args, rows)
+        width = max(len(s) for s in sentences)
+        src = torch.full((len(sentences), width), pad_id(args), dtype=torch.long)
+        for row, ids in enumerate(sentences):
+            src[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        out.append((src, src.ne(pad_id(args)).long(), steps))
+    return out
 
 
 def token_names(args: dict[str, Any]) -> list[str]:

@@ -1,8 +1,8 @@
 """Hugging Face transformers: `generate` on a random MarianMT model of our preset's size.
 
-Greedy (num_beams=1) and beam search, with min_new_tokens = max_new_tokens = out_len so that every
-sentence runs the decoder out_len times whatever the random weights prefer (EOS is masked until
-then), with the KV cache. Precision other than fp32 runs under torch.autocast, as ours does.
+Greedy (num_beams=1) and beam search over the harness's batches, with min_new_tokens =
+max_new_tokens = the batch's decoder steps, so that every sentence runs the decoder that many times
+whatever the random weights prefer (EOS is masked until then), with the KV cache. Precision other than fp32 runs under torch.autocast, as ours does.
 """
 
 from __future__ import annotations
@@ -19,31 +19,36 @@ def measure(args: dict[str, Any]) -> dict[str, Any]:
 
     device = harness.setup(args)
     model = marian.marian_model(args).to(device)
-    src = marian.random_sources(args).to(device)
-    mask = torch.ones_like(src)
-    result: dict[str, Any] = {"seconds": {}, "lengths": {}, "params": harness.count_parameters(model)}
+    work = [(src.to(device), mask.to(device), steps) for src, mask, steps in marian.batches(args)]
+    result: dict[str, Any] = {"seconds": {}, "output_tokens": {}, "params": harness.count_parameters(model)}
     for beam in args["beams"]:
-        out: list[torch.Tensor] = []
+        ran: list[int] = []
 
-        def run_batch(beam: int = beam, out: list = out) -> None:
+        def decode(index: int, beam: int = beam, ran: list = ran) -> None:
+            src, mask, steps = work[index]
             with torch.inference_mode(), harness.autocast(device, args["precision"]):
-                out[:] = [
-                    model.generate(
-                        input_ids=src,
-                        attention_mask=mask,
-                        num_beams=beam,
-                        do_sample=False,
-                        **({"length_penalty": 0.6} if beam > 1 else {}),
-                        min_new_tokens=args["out_len"],
-                        max_new_tokens=args["out_len"],
-                        use_cache=True,
-                    )
-                ]
+                out = model.generate(
+                    input_ids=src,
+                    attention_mask=mask,
+                    num_beams=beam,
+                    do_sample=False,
+                    **({"length_penalty": 0.6} if beam > 1 else {}),
+                    min_new_tokens=steps,
+                    max_new_tokens=steps,
+                    use_cache=True,
+                )
+            ran.append(src.size(0) * (out.size(1) - 1))  # without the decoder start token
 
-        result["seconds"][str(beam)] = harness.time_steps(
-            run_batch, {**args, "steps": args["repeats"]}, device
-        )
-        result["lengths"][str(beam)] = [out[0].size(1) - 1]  # without the decoder start token
+        def one_pass(ran: list = ran, decode=decode) -> None:
+            ran.clear()
+            for index in range(len(work)):
+                decode(index)
+
+        for _ in range(args["warmup"]):
+            decode(0)
+        timing = {**args, "warmup": 0, "steps": args["repeats"]}
+        result["seconds"][str(beam)] = harness.time_steps(one_pass, timing, device)
+        result["output_tokens"][str(beam)] = sum(ran)
     result["version"] = transformers.__version__
     return result
 
