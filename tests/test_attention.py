@@ -71,10 +71,10 @@ def test_cross_attention_matches_explicit_softmax_and_caches_memory_once():
 
     state = DecoderState()
     first = attn(x[:, :1], memory, pad, state)
-    k = state.cache["cross.k"]
+    k = state.source_cache["cross.k"]
     # Later steps read the cache: a different memory tensor must not be looked at any more.
     second = attn(x[:, 1:2], torch.zeros_like(memory), pad, state)
-    assert state.cache["cross.k"] is k and k.shape == (3, 4, 7, 4)
+    assert state.source_cache["cross.k"] is k and k.shape == (3, 4, 7, 4) and not state.cache
     torch.testing.assert_close(torch.cat([first, second], 1), want[:, :2], atol=1e-5, rtol=1e-5)
 
 

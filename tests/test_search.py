@@ -484,7 +484,8 @@ def test_sampling_scores_are_model_logprobs():
 # A real Transformer, when the models package has one
 
 
-def test_transformer_beam_search_batched_equals_one_by_one():
+@pytest.mark.parametrize("beam", [1, 4])
+def test_transformer_beam_search_batched_equals_one_by_one(beam):
     transformer = pytest.importorskip("transformer_mt.models.transformer")
     torch.manual_seed(0)
     cfg = transformer.TransformerConfig(
@@ -492,7 +493,7 @@ def test_transformer_beam_search_batched_equals_one_by_one():
     )
     model = transformer.Transformer(cfg, vocab_size=20, pad_id=PAD).eval()
     sources = [[4, 5, 6, 7, 8, 9], [10], [11, 12, 13], [14, 15, 16, 17, 18, 19, 4, 5]]
-    dcfg = config(beam=4, nbest=2, lenpen=0.6, max_len_a=1.0, max_len_b=5)
+    dcfg = config(beam=beam, nbest=min(beam, 2), lenpen=0.6, max_len_a=1.0, max_len_b=5)
     together = generate([model], batch(*sources), dcfg, **IDS)
     for src, hyps in zip(sources, together, strict=True):
         alone = generate([model], batch(src), dcfg, **IDS)[0]

@@ -72,9 +72,8 @@ def test_cache_names_are_unique_per_layer():
     src = torch.full((2, 4), 5)
     state = DecoderState()
     model.decode(torch.full((2, 1), BOS), model.encode(src), state)
-    assert sorted(state.cache) == sorted(
-        f"dec{i}.{kind}.{kv}" for i in range(3) for kind in ("self", "cross") for kv in ("k", "v")
-    )
+    assert sorted(state.cache) == sorted(f"dec{i}.self.{kv}" for i in range(3) for kv in ("k", "v"))
+    assert sorted(state.source_cache) == sorted(f"dec{i}.cross.{kv}" for i in range(3) for kv in ("k", "v"))
 
 
 @pytest.mark.parametrize("window", [None, 2])

@@ -184,22 +184,26 @@ class _Ensemble:
             raise ValueError(f"the ensemble's models have different vocabulary sizes {sorted(sizes)}")
         return torch.logsumexp(torch.stack(per_model), dim=0) - math.log(len(per_model))
 
-    def reorder_states(self, rows: Tensor) -> None:
+    def reorder_states(self, rows: Tensor, *, same_sources: bool = False) -> None:
         for state in self.states:
-            state.reorder(rows)
+            state.reorder(rows, same_sources=same_sources)
 
     def reorder_memories(self, rows: Tensor) -> None:
         self.memories = [memory.reorder(rows) for memory in self.memories]
 
 
 def _restrict(lprobs: Tensor, forced_eos: Tensor, special: _SpecialIds) -> Tensor:
-    """Forbid PAD and BOS everywhere, and everything but EOS on rows at their maximum length."""
-    lprobs.masked_fill_(lprobs.isnan(), -math.inf)
+    """Forbid PAD and BOS everywhere, and everything but EOS on rows at their maximum length; NaN
+    (a broken model) counts as -inf."""
+    lprobs.nan_to_num_(nan=-math.inf, posinf=math.inf, neginf=-math.inf)
     lprobs[:, special.pad] = -math.inf
     lprobs[:, special.bos] = -math.inf
-    not_eos = torch.ones(lprobs.size(1), dtype=torch.bool, device=lprobs.device)
-    not_eos[special.eos] = False
-    return lprobs.masked_fill_(forced_eos.unsqueeze(1) & not_eos, -math.inf)
+    if forced_eos.any():  # only the forced rows are rewritten, not a (rows, vocab) mask every step
+        forced = forced_eos.nonzero().squeeze(1)
+        eos = lprobs[forced, special.eos]
+        lprobs[forced] = -math.inf
+        lprobs[forced, special.eos] = eos
+    return lprobs
 
 
 # ----------------------------------------------------------------------------------------------
@@ -247,6 +251,7 @@ def _beam_search(
     num_finished = torch.zeros(num_sent, dtype=torch.long, device=device)
     finished: list[list[Hypothesis]] = [[] for _ in range(num_sent)]
     beam_offsets = torch.arange(beam, device=device)
+    all_rows = torch.arange(num_sent * beam, device=device)
 
     for step in range(num_steps):
         lprobs = ensemble.log_probs(tokens[:, step : step + 1])  # (rows, vocab)
@@ -277,14 +282,16 @@ def _beam_search(
         rows = cand_rows.gather(1, live)[keep].view(-1)  # (kept * beam,) rows (of this step) to extend
         new_tokens = cand_tokens.gather(1, live)[keep].view(-1)
         scores = cand_scores.gather(1, live)[keep].view(-1)
-        if keep.numel() < sentence.size(0):  # drop done sentences from the batch
+        dropping = keep.numel() < sentence.size(0)
+        if dropping:  # drop done sentences from the batch
             ensemble.reorder_memories((keep.unsqueeze(1) * beam + beam_offsets).view(-1))
             sentence, num_finished, max_len = sentence[keep], num_finished[keep], max_len[keep]
-        tokens = tokens[rows]
+        if dropping or not torch.equal(rows, all_rows[: rows.numel()]):  # greedy: never reordered
+            tokens, positional = tokens[rows], positional[rows]
+            # Each kept row stays with its sentence, so while none leaves, cross-attention stays put.
+            ensemble.reorder_states(rows, same_sources=not dropping)
         tokens[:, step + 1] = new_tokens
-        positional = positional[rows]
         positional[:, step] = lprobs[rows, new_tokens]
-        ensemble.reorder_states(rows)
 
     return [_best(hyps, cfg.nbest) for hyps in finished]
 

@@ -12,7 +12,8 @@ block and its neighbours, with an exact band mask inside. Its cost is O(n r d), 
 
 Incremental decoding keeps keys and values in a `DecoderState` under names unique to each layer
 (`f"{name}.k"`, `f"{name}.v"`), as (batch, heads, len, head_dim) tensors so that
-`DecoderState.reorder` (an `index_select` on dim 0) serves beam search.
+`DecoderState.reorder` (an `index_select` on dim 0) serves beam search: self-attention's in `cache`,
+cross-attention's, computed from the encoder output alone, in `source_cache`.
 """
 
 from __future__ import annotations
@@ -215,12 +216,12 @@ class CrossAttention(MultiHeadAttention):
         on the first step and read from the cache afterwards."""
         q = self.split_heads(self.q_proj(x))
         k_name, v_name = f"{self.name}.k", f"{self.name}.v"
-        if state is not None and k_name in state.cache:
-            k, v = state.cache[k_name], state.cache[v_name]
+        if state is not None and k_name in state.source_cache:
+            k, v = state.source_cache[k_name], state.source_cache[v_name]
         else:
             k, v = self.split_heads(self.k_proj(memory)), self.split_heads(self.v_proj(memory))
             if state is not None:
-                state.cache[k_name], state.cache[v_name] = k, v
+                state.source_cache[k_name], state.source_cache[v_name] = k, v
         out = dense_attention(q, k, v, padding_mask=memory_padding_mask, dropout_p=self.dropout_p)
         return self.merge_heads(out)
 

@@ -30,16 +30,29 @@ class EncoderOutput:
 
 
 class DecoderState:
-    """The cache of incremental decoding: batch-first tensors by name, and the steps decoded so far."""
+    """The cache of incremental decoding: batch-first tensors by name, and the steps decoded so far.
+
+    `cache` holds what each row (hypothesis) computed from its own outputs so far, e.g. the
+    self-attention keys and values. `source_cache` holds what a row computed from its encoder
+    output alone, e.g. the cross-attention keys and values: the same for rows that decode the same
+    source sentence, so beam search need not move it when beams of one sentence swap places.
+    """
 
     def __init__(self) -> None:
         self.cache: dict[str, Tensor] = {}
+        self.source_cache: dict[str, Tensor] = {}
         self.steps = 0
 
-    def reorder(self, indices: Tensor) -> None:
-        """Keep, in place, batch row `indices[i]` as row i of every cached tensor."""
-        for name, tensor in self.cache.items():
-            self.cache[name] = tensor.index_select(0, indices)
+    def reorder(self, indices: Tensor, *, same_sources: bool = False) -> None:
+        """Keep, in place, batch row `indices[i]` as row i of every cached tensor.
+
+        `same_sources=True` promises that row `indices[i]` decodes the same source sentence as row i
+        (beam search choosing among the beams of each sentence): `source_cache` then stays as it is.
+        """
+        caches = (self.cache,) if same_sources else (self.cache, self.source_cache)
+        for cache in caches:
+            for name, tensor in cache.items():
+                cache[name] = tensor.index_select(0, indices)
 
 
 class EncoderDecoder(nn.Module):
