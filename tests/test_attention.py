@@ -33,15 +33,23 @@ def padding(lengths, n):
     return torch.arange(n)[None, :] >= torch.tensor(lengths)[:, None]
 
 
+def separate_projections(attn):
+    """W^Q, W^K, W^V and their biases, cut out of the module's fused projections."""
+    weight = torch.cat([proj.weight for proj in attn.input_projections()])
+    bias = torch.cat([proj.bias for proj in attn.input_projections()])
+    return (*weight.chunk(3), *bias.chunk(3))
+
+
 def explicit_module_attention(attn, x, memory, allowed):
     """What an attention module should compute, from its own weights and an explicit mask."""
 
     def heads(t):
         return t.view(t.size(0), t.size(1), attn.heads, attn.head_dim).transpose(1, 2)
 
-    q = heads(x @ attn.q_proj.weight.T + attn.q_proj.bias)
-    k = heads(memory @ attn.k_proj.weight.T + attn.k_proj.bias)
-    v = heads(memory @ attn.v_proj.weight.T + attn.v_proj.bias)
+    w_q, w_k, w_v, b_q, b_k, b_v = separate_projections(attn)
+    q = heads(x @ w_q.T + b_q)
+    k = heads(memory @ w_k.T + b_k)
+    v = heads(memory @ w_v.T + b_v)
     out = reference_attention(q, k, v, allowed).transpose(1, 2).reshape(x.shape)
     return out @ attn.out_proj.weight.T + attn.out_proj.bias
 
@@ -153,3 +161,36 @@ def test_attention_dropout_only_in_training():
     assert not torch.equal(attn(x), attn(x))
     attn.eval()
     assert torch.equal(attn(x), attn(x))
+
+
+@pytest.mark.parametrize("kind", ["self", "cross"])
+def test_checkpoint_with_separate_projections_loads_into_fused_ones(kind):
+    """State dicts saved before W^Q, W^K, W^V were fused (q_proj / k_proj / v_proj) still load."""
+    torch.manual_seed(0)
+    make = (lambda: SelfAttention(16, 4, causal=True)) if kind == "self" else (lambda: CrossAttention(16, 4))
+    attn = make().eval()
+    w_q, w_k, w_v, b_q, b_k, b_v = separate_projections(attn)
+    old = {"out_proj.weight": attn.out_proj.weight, "out_proj.bias": attn.out_proj.bias}
+    for name, weight, bias in (("q_proj", w_q, b_q), ("k_proj", w_k, b_k), ("v_proj", w_v, b_v)):
+        old[f"{name}.weight"], old[f"{name}.bias"] = weight.detach().clone(), bias.detach().clone()
+
+    loaded = make().eval()
+    loaded.load_state_dict(old)  # strict: every old key used, every new one filled
+    x, memory = torch.randn(2, 5, 16), torch.randn(2, 7, 16)
+    if kind == "self":
+        torch.testing.assert_close(loaded(x), attn(x))
+    else:
+        pad = padding([7, 4], 7)
+        torch.testing.assert_close(loaded(x, memory, pad), attn(x, memory, pad))
+
+
+def test_fused_projections_keep_the_xavier_bound_of_each_block():
+    """Each d x d block of the fused matrix is Xavier-uniform with gain 1/sqrt(2), as separate ones were."""
+    torch.manual_seed(0)
+    d = 64
+    bound = math.sqrt(6 / (2 * d)) / math.sqrt(2)
+    for attn in (SelfAttention(d, 4), CrossAttention(d, 4)):
+        weight = torch.cat([proj.weight for proj in attn.input_projections()])
+        for block in weight.chunk(3):
+            assert block.abs().max() <= bound and block.abs().max() > 0.95 * bound
+        assert all(proj.bias.eq(0).all() for proj in attn.input_projections())
