@@ -4,7 +4,9 @@ A checkpoint is a dict of plain values and tensors (nanoGPT / torchtitan style):
 
     format, model (state_dict of the unwrapped model), model_config (a plain dict with `arch`),
     sentencepiece (the vocabulary model's bytes), optimizer, scaler, sampler, rng (one per rank),
-    step, epoch, config (the resolved run config), metrics
+    step, train_state, cost, config (the resolved run config)
+
+(what a training run puts in and takes back out is `resume.py`'s part; this module is the file).
 
 Writing goes to a temporary file in the same folder, is flushed and fsync'ed, then renamed over the
 final name, so a crash mid-write leaves the previous checkpoint intact. Reading uses

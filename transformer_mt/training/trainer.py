@@ -34,15 +34,17 @@ from torch.nn.parallel import DistributedDataParallel
 
 from transformer_mt.data.batching import Batch, TokenBatchSampler
 from transformer_mt.data.binarize import ParallelDataset
-from transformer_mt.data.prepare import DataConfig, PreparedData, load_prepared, prepare_data
+from transformer_mt.data.prepare import DataConfig, load_prepared, prepare_data
 from transformer_mt.models import EncoderDecoder, build_model, count_parameters
 from transformer_mt.training import checkpoint as ckpt
 from transformer_mt.training.cost import TrainingCost, cost_summary, device_peak_flops
-from transformer_mt.training.distributed import PRECISIONS, Runtime, gather_objects, init_runtime, shutdown
+from transformer_mt.training.distributed import PRECISIONS, Runtime, init_runtime, shutdown
 from transformer_mt.training.loss import label_smoothed_cross_entropy
 from transformer_mt.training.metrics import TrainingLog
 from transformer_mt.training.optim import build_adam, learning_rate
+from transformer_mt.training.resume import TrainingError, TrainingRun, TrainState, restore, training_snapshot
 from transformer_mt.training.signals import StopRequest, exit_status
+from transformer_mt.training.validation import validate
 
 
 @dataclass
@@ -105,21 +107,6 @@ class TrainerConfig:
             raise ValueError(f"trainer.dist_timeout_s must be positive, got {self.dist_timeout_s}")
 
 
-class TrainingError(Exception):
-    """Training cannot go on; the message says why and where to resume from."""
-
-
-@dataclass
-class TrainState:
-    """What the loop carries between updates (and into checkpoints) besides the modules."""
-
-    step: int = 0
-    best_metric: float | None = None
-    bad_validations: int = 0
-    nonfinite_in_a_row: int = 0
-    skipped_steps: int = 0
-
-
 def train(
     data_cfg: DataConfig,
     model_cfg: Any,
@@ -167,15 +154,27 @@ def _train(runtime, data_cfg, model_cfg, cfg, decoding_cfg, output_dir, run_conf
             else "the training split is empty after cleaning; check the data and data.max_len / min_len"
         )
     sampler = _sampler(train_set, fits, cfg, runtime, shuffle=True, multiple_of=cfg.update_freq)
+    valid_fits = fitting_pairs(data.dataset("valid"), model)  # and its batches, the same at every validation
+    valid_batches = _sampler(data.dataset("valid"), valid_fits, cfg, runtime, shuffle=False).epoch_batches(0)
+    valid = (valid_fits, valid_batches)
     state, cost = TrainState(), TrainingCost()
     model_config = _plain(model_cfg)
+    run = TrainingRun(
+        model=model,
+        optimizer=optimizer,
+        scaler=scaler,
+        sampler=sampler,
+        state=state,
+        cost=cost,
+        model_config=model_config,
+        vocab=data.vocab,
+        run_config=run_config,
+    )
     last = checkpoints / "checkpoint_last.pt"
     partial = ckpt.remove_partial_writes(checkpoints) if runtime.is_main else []  # left by a crash
     if cfg.resume and last.exists():
         saved = ckpt.load_checkpoint(last)
-        _restore(
-            saved, runtime, model, optimizer, scaler, sampler, state, cost, model_config, data.vocab, last
-        )
+        restore(run, runtime, saved, last)
     elif torch.distributed.is_initialized():
         torch.manual_seed(cfg.seed + runtime.rank)  # distinct dropout masks per rank
 
@@ -213,22 +212,8 @@ def _train(runtime, data_cfg, model_cfg, cfg, decoding_cfg, output_dir, run_conf
                 f"step {state.step}: the model's weights are no longer finite; not saving them. The last good "
                 f"checkpoint is {last_good()}. Lower trainer.lr (or raise trainer.warmup_steps) and run again"
             )
-        rng = gather_objects(runtime, _rng_state(runtime))
-        if runtime.is_main:
-            snapshot = {
-                "format": ckpt.FORMAT,
-                "model": model.state_dict(),
-                "model_config": model_config,
-                "sentencepiece": data.vocab.to_bytes(),
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
-                "sampler": sampler.state_dict(),
-                "rng": rng,
-                "step": state.step,
-                "train_state": _train_state_dict(state),
-                "cost": cost.state_dict(),
-                "config": run_config,
-            }
+        snapshot = training_snapshot(run, runtime)  # a collective; the checkpoint on rank 0
+        if snapshot is not None:
             for name in _checkpoint_names(tag, state.step):
                 ckpt.save_checkpoint(snapshot, checkpoints / name)
             ckpt.rotate(checkpoints, cfg.keep_last)
@@ -314,7 +299,7 @@ def _train(runtime, data_cfg, model_cfg, cfg, decoding_cfg, output_dir, run_conf
             elif cfg.max_minutes and _agreed_minutes(runtime, cost) >= cfg.max_minutes:
                 stop_reason = f"reached max_minutes={cfg.max_minutes:g} at step {state.step}"
             if state.step % cfg.valid_every == 0 or stop_reason:
-                improved = _validate_and_track(runtime, model, data, cfg, decoding_cfg, state, log)
+                improved = _validate_and_track(runtime, model, data, valid, cfg, decoding_cfg, state, log)
                 if cfg.patience and state.bad_validations >= cfg.patience:
                     stop_reason = stop_reason or f"no improvement in {cfg.patience} validations (patience)"
                 if improved:
@@ -407,27 +392,6 @@ def _update(runtime: Runtime, step_model, model, optimizer, scaler, group: list[
     return loss_sum, nll_sum, global_tokens, float(grad_norm), finite
 
 
-@torch.no_grad()
-def validation_loss(runtime: Runtime, model: EncoderDecoder, data: PreparedData, cfg: TrainerConfig) -> dict:
-    """Per-token loss and nll (base 2) on the valid split, sharded over the ranks."""
-    valid = data.dataset("valid")
-    fits = fitting_pairs(valid, model)
-    sampler = _sampler(valid, fits, cfg, runtime, shuffle=False)
-    model.eval()
-    loss_sum = nll_sum = tokens = 0.0
-    for indices in sampler:
-        batch = valid.batch(fits[indices]).to(runtime.device)
-        with runtime.autocast():
-            logits = model(batch.src_tokens, batch.prev_tokens)
-        loss, nll = label_smoothed_cross_entropy(
-            logits, batch.target, epsilon=cfg.label_smoothing, ignore_index=model.pad_id
-        )
-        loss_sum, nll_sum, tokens = loss_sum + loss.item(), nll_sum + nll.item(), tokens + batch.ntokens
-    loss_sum, nll_sum, tokens = runtime.all_reduce_sum([loss_sum, nll_sum, tokens])
-    nll = nll_sum / max(tokens, 1) / math.log(2)
-    return {"loss": loss_sum / max(tokens, 1) / math.log(2), "nll": nll, "ppl": 2**nll}
-
-
 def fitting_pairs(dataset: ParallelDataset, model: EncoderDecoder) -> np.ndarray:
     """Indices of the pairs the model can take: both sides, with EOS / BOS, within its positions."""
     limit = model.max_positions or np.iinfo(np.int64).max
@@ -456,14 +420,19 @@ def _sampler(
     )
 
 
-def _validate_and_track(runtime, model, data, cfg, decoding_cfg, state: TrainState, log) -> bool:
+def _validate_and_track(runtime, model, data, valid, cfg, decoding_cfg, state: TrainState, log) -> bool:
     """Validate, log, and update best / patience. Returns whether the metric improved."""
-    scores = validation_loss(runtime, model, data, cfg)
-    metric = -scores["loss"]
-    if cfg.valid_bleu:
-        bleu = validation_bleu(runtime, model, data, cfg, decoding_cfg) if runtime.is_main else 0.0
-        (bleu,) = runtime.all_reduce_sum([bleu])  # every rank takes the same decision
-        scores["bleu"] = metric = bleu
+    pairs, batches = valid
+    scores, metric = validate(
+        runtime,
+        model,
+        data,
+        pairs,
+        batches,
+        label_smoothing=cfg.label_smoothing,
+        decoding_cfg=decoding_cfg,
+        bleu_sentences=cfg.valid_bleu_sentences if cfg.valid_bleu else None,
+    )
     log.scalars("valid", scores, state.step)
     log.info("valid | " + " | ".join(f"{k} {v:.3f}" for k, v in scores.items()) + f" | step {state.step}")
     improved = state.best_metric is None or metric > state.best_metric
@@ -472,19 +441,6 @@ def _validate_and_track(runtime, model, data, cfg, decoding_cfg, state: TrainSta
     else:
         state.bad_validations += 1
     return improved
-
-
-def validation_bleu(runtime, model, data: PreparedData, cfg: TrainerConfig, decoding_cfg) -> float:
-    """sacreBLEU of the first `valid_bleu_sentences` validation sentences, decoded as at test time."""
-    from transformer_mt.decoding.scoring import corpus_scores
-    from transformer_mt.decoding.translator import Translator
-
-    src_path, tgt_path = data.text_paths("valid")
-    sources = src_path.read_text(encoding="utf-8").splitlines()[: cfg.valid_bleu_sentences]
-    references = tgt_path.read_text(encoding="utf-8").splitlines()[: cfg.valid_bleu_sentences]
-    translator = Translator([model], data.vocab, decoding_cfg, device=runtime.device)
-    hypotheses = [hyps[0].text if hyps else "" for hyps in translator.translate(sources)]
-    return corpus_scores(hypotheses, references)["bleu"]
 
 
 def _duration(seconds: float) -> str:
@@ -521,54 +477,9 @@ def _checkpoint_names(tag: str, step: int) -> list[str]:
     return [f"checkpoint_{step}.pt", "checkpoint_last.pt"]
 
 
-def _rng_state(runtime: Runtime) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
-    if runtime.device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(runtime.device)
-    return state
-
-
 def _finite(model: nn.Module) -> bool:
     """Whether every parameter is finite (one device sync)."""
     return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
-
-
-def _train_state_dict(state: TrainState) -> dict[str, Any]:
-    return dict(vars(state))
-
-
-def _restore(
-    saved, runtime, model, optimizer, scaler, sampler, state, cost, model_config, vocab, path
-) -> None:
-    if saved["model_config"] != model_config:
-        raise TrainingError(
-            "the output_dir holds a checkpoint of a different model "
-            f"({saved['model_config']} vs {model_config}); choose another output_dir or set trainer.resume=false"
-        )
-    if saved.get("sentencepiece") != vocab.to_bytes():  # the same size would load, and train on garbage
-        raise TrainingError(
-            f"{path} was trained with another sentencepiece vocabulary than the one prepared in the output_dir "
-            "(did the data or data.vocab_size change?); choose another output_dir or set trainer.resume=false"
-        )
-    try:
-        model.load_state_dict(saved["model"])
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise TrainingError(f"{path} does not fit the model ({first}); set trainer.resume=false") from None
-    optimizer.load_state_dict(saved["optimizer"])
-    if saved["scaler"]:  # empty when saved by an fp32/bf16 run: an fp16 resume starts a fresh scale
-        scaler.load_state_dict(saved["scaler"])
-    sampler.load_state_dict(saved["sampler"])
-    for key, value in saved["train_state"].items():
-        setattr(state, key, value)
-    cost.load_state_dict(saved["cost"])
-    rng = saved["rng"]
-    if len(rng) == runtime.world_size:
-        torch.set_rng_state(rng[runtime.rank]["torch"])
-        if runtime.device.type == "cuda" and "cuda" in rng[runtime.rank]:
-            torch.cuda.set_rng_state(rng[runtime.rank]["cuda"], runtime.device)
-    else:
-        torch.manual_seed(saved["step"] * 1000 + runtime.rank)  # a new world size: fresh, distinct streams
 
 
 def _plain(model_cfg: Any) -> dict[str, Any]:
