@@ -56,6 +56,18 @@ def test_every_experiment_composes(experiment):
     assert run.output_dir and run.model.arch in ("transformer", "lstm", "convs2s")
 
 
+@pytest.mark.parametrize("baseline", ["multi30k_en_de_lstm", "multi30k_en_de_convs2s"])
+def test_multi30k_baselines_train_on_the_transformer_recipes_terms(baseline):
+    """Equal terms (the paper's comparison): the same data, vocabulary, batches, hour and schedule shape;
+    only the model, its peak rate, clipping and the steps that fit in the hour differ."""
+    transformer = to_objects(compose_config("train", ["experiment=multi30k_en_de"]))
+    other = to_objects(compose_config("train", [f"experiment={baseline}"]))
+    assert other.data == transformer.data and other.decoding == transformer.decoding
+    for key in ("max_tokens", "update_freq", "max_minutes", "schedule", "warmup_steps", "label_smoothing", "seed"):
+        assert getattr(other.trainer, key) == getattr(transformer.trainer, key), key
+    assert other.model.arch != "transformer" and other.output_dir != transformer.output_dir
+
+
 @pytest.mark.parametrize("model", shipped("model"))
 def test_every_model_preset_composes(model):
     run = to_objects(compose_config("train", [f"model={model}"]))

@@ -58,8 +58,9 @@ class TrainerConfig:
     max_minutes: float = 0.0  # wall-clock budget of the whole run, resumes included (0: no limit)
     patience: int = 0  # validations without improvement before stopping; 0: never stop early
     # Optimiser and schedule (paper 5.3).
-    schedule: str = "noam"  # noam (the paper's formula) | inverse_sqrt (fairseq's) | constant
-    lr: float = 5e-4  # peak for inverse_sqrt, the rate for constant
+    schedule: str = "noam"  # noam (the paper's formula) | inverse_sqrt (fairseq's) | cosine | constant
+    lr: float = 5e-4  # peak for inverse_sqrt and cosine, the rate for constant
+    min_lr: float = 0.0  # cosine: the rate it reaches at max_steps
     lr_scale: float = 1.0  # factor on the paper's formula
     warmup_steps: int = 4000
     adam_betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
@@ -97,6 +98,13 @@ class TrainerConfig:
         if len(self.adam_betas) != 2:
             raise ValueError(f"trainer.adam_betas needs two values, got {list(self.adam_betas)}")
         learning_rate(1, schedule=self.schedule, warmup_steps=1, d_model=1, lr=1.0, lr_scale=1.0)
+        if self.schedule == "cosine" and not 0.0 <= self.min_lr <= self.lr:
+            raise ValueError(f"trainer.min_lr={self.min_lr} must be in [0, trainer.lr={self.lr}] for schedule=cosine")
+        if self.schedule == "cosine" and self.warmup_steps >= self.max_steps:
+            raise ValueError(
+                f"trainer.warmup_steps={self.warmup_steps} leaves no step to decay over before "
+                f"trainer.max_steps={self.max_steps} (schedule=cosine)"
+            )
         if self.precision not in PRECISIONS:
             raise ValueError(f"trainer.precision={self.precision!r} is not one of: {', '.join(PRECISIONS)}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -249,6 +257,8 @@ def _train(runtime, data_cfg, model_cfg, cfg, decoding_cfg, output_dir, run_conf
                 d_model=_d_model(model_config),
                 lr=cfg.lr,
                 lr_scale=cfg.lr_scale,
+                max_steps=cfg.max_steps,
+                min_lr=cfg.min_lr,
             )
             for group_params in optimizer.param_groups:
                 group_params["lr"] = lr
