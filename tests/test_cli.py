@@ -56,6 +56,31 @@ def test_every_experiment_composes(experiment):
     assert run.output_dir and run.model.arch in ("transformer", "lstm", "convs2s")
 
 
+@pytest.mark.parametrize(
+    ("experiment", "vocab", "millions", "steps", "dropout"),
+    [
+        ("wmt14_en_de_base", 37000, 65, 100_000, 0.1),  # Table 3 "base": 65M
+        ("wmt14_en_de_big", 37000, 213, 300_000, 0.3),  # Table 3 "big": 213M
+        ("wmt14_en_fr_big", 32000, 213, 300_000, 0.1),  # big with En-Fr's P_drop 0.1 (section 6.1)
+    ],
+)
+def test_wmt14_recipes_carry_the_papers_settings(experiment, vocab, millions, steps, dropout):
+    """Section 5 and Table 3: the vocabulary, model size (within 5%; a 32k vocabulary is a little
+    smaller), ~25k target tokens per update on 8 devices, warm-up, label smoothing, beam and lenpen."""
+    import torch
+
+    from transformer_mt.models import build_model, count_parameters
+
+    run = to_objects(compose_config("train", [f"experiment={experiment}"]))
+    assert run.data.vocab_size == vocab and run.model.dropout == dropout
+    with torch.device("meta"):  # sizes only
+        count = count_parameters(build_model(run.model, vocab_size=vocab, pad_id=0))
+    assert abs(count / 1e6 - millions) <= 0.05 * millions, count
+    assert run.trainer.max_tokens * 8 * run.trainer.update_freq == 25_000
+    assert (run.trainer.max_steps, run.trainer.warmup_steps, run.trainer.label_smoothing) == (steps, 4000, 0.1)
+    assert (run.decoding.beam, run.decoding.lenpen) == (4, 0.6)
+
+
 @pytest.mark.parametrize("baseline", ["multi30k_en_de_lstm", "multi30k_en_de_convs2s"])
 def test_multi30k_baselines_train_on_the_transformer_recipes_terms(baseline):
     """Equal terms (the paper's comparison): the same data, vocabulary, batches, hour and schedule shape;
