@@ -83,8 +83,8 @@ def test_wmt14_recipes_carry_the_papers_settings(experiment, vocab, millions, st
 
 @pytest.mark.parametrize("baseline", ["multi30k_en_de_lstm", "multi30k_en_de_convs2s"])
 def test_multi30k_baselines_train_on_the_transformer_recipes_terms(baseline):
-    """Equal terms (the paper's comparison): the same data, vocabulary, batches, hour and schedule shape;
-    only the model, its peak rate, clipping and the steps that fit in the hour differ."""
+    """Equal terms (the paper's comparison): the same data, vocabulary, batches, time cap and schedule
+    shape; only the model, its peak rate, clipping and the steps (about equal time) differ."""
     transformer = to_objects(compose_config("train", ["experiment=multi30k_en_de"]))
     other = to_objects(compose_config("train", [f"experiment={baseline}"]))
     assert other.data == transformer.data and other.decoding == transformer.decoding
