@@ -230,6 +230,10 @@ class ConvS2S(EncoderDecoder):
             self.output = _linear(cfg.out_embed_dim, vocab_size, dropout=p)
 
     @property
+    def model_dim(self) -> int:
+        return self.cfg.embed_dim  # the embedding size
+
+    @property
     def max_positions(self) -> int | None:
         return self.cfg.max_positions
 

@@ -59,6 +59,12 @@ class EncoderDecoder(nn.Module):
     """Base class of every model family. See docs/design.md for the contract."""
 
     pad_id: int
+    vocab_size: int  # rows of the output layer: ids the decoder can predict
+
+    @property
+    def model_dim(self) -> int:
+        """The model's width, by which the paper's learning-rate schedule scales (d_model^-0.5)."""
+        raise NotImplementedError
 
     def encode(self, src_tokens: Tensor) -> EncoderOutput:
         raise NotImplementedError

@@ -290,6 +290,10 @@ class LSTMSeq2Seq(EncoderDecoder):
                         p[hidden : 2 * hidden].fill_(1.0)
 
     @property
+    def model_dim(self) -> int:
+        return self.cfg.hidden_size  # the LSTM's hidden size
+
+    @property
     def max_positions(self) -> int | None:
         return self.cfg.max_positions
 

@@ -227,6 +227,10 @@ class Transformer(EncoderDecoder):
         return embed
 
     @property
+    def model_dim(self) -> int:
+        return self.cfg.d_model  # d_model
+
+    @property
     def max_positions(self) -> int | None:
         return self.cfg.max_positions
 
