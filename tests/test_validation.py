@@ -14,7 +14,7 @@ from transformer_mt.decoding.scoring import corpus_scores
 from transformer_mt.decoding.search import DecodingConfig
 from transformer_mt.decoding.translator import Translator
 from transformer_mt.models.transformer import Transformer, TransformerConfig
-from transformer_mt.training.distributed import init_runtime
+from transformer_mt.runtime import init_runtime
 from transformer_mt.training.validation import validate, validation_loss
 
 

@@ -25,7 +25,8 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from transformer_mt.runtime import PRECISIONS
+
 T = TypeVar("T")
 
 
@@ -61,24 +62,6 @@ def options_help(schema: type, command: str, doc: str) -> str:
     return (
         f"{doc.strip()}\n\nOptions of `transformer-mt {command}` (override any with key=value):\n\n{defaults}"
     )
-
-
-def device_of(name: str) -> torch.device:
-    """`auto` (the GPU if there is one), `cpu` or `cuda`."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"device={name!r} is not one of: auto, cpu, cuda")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device=cuda but no CUDA device is visible; use device=cpu")
-    return torch.device(name)
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Mixed precision as the trainer and the translator use it; a no-op in fp32."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=PRECISIONS[precision])
 
 
 def synchronize(device: torch.device) -> None:
@@ -192,11 +175,8 @@ def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
 
 
 __all__ = [
-    "PRECISIONS",
     "parse_options",
     "options_help",
-    "device_of",
-    "autocast",
     "synchronize",
     "time_calls",
     "median",

@@ -37,8 +37,8 @@ from transformer_mt.bench.peers import PeerError, run_peer
 from transformer_mt.data.batching import Batch
 from transformer_mt.models import build_model, count_parameters
 from transformer_mt.models.transformer import TransformerConfig
+from transformer_mt.runtime import PRECISIONS, Runtime, resolve_device
 from transformer_mt.training.cost import TrainingCost
-from transformer_mt.training.distributed import Runtime
 from transformer_mt.training.optim import build_adam
 from transformer_mt.training.trainer import TrainerConfig, _update
 
@@ -85,7 +85,7 @@ class TrainBenchConfig:
             problems.append("src_len and tgt_len must be at least 2 (a token and EOS)")
         if self.vocab_size < 5:
             problems.append(f"vocab_size={self.vocab_size} must leave room for 4 special ids and words")
-        bad = [p for p in self.precisions if p not in common.PRECISIONS]
+        bad = [p for p in self.precisions if p not in PRECISIONS]
         if bad or not self.precisions:
             problems.append(f"precisions={list(self.precisions)}: each must be one of fp32, bf16, fp16")
         bad = [p for p in self.peers if p not in SYSTEMS]
@@ -189,7 +189,7 @@ def _log(message: str) -> None:
 
 def run(cfg: TrainBenchConfig) -> dict[str, Any]:
     """Measure everything `cfg` asks for; the JSON payload (rows, peaks, environment, settings)."""
-    device = common.device_of(cfg.device)
+    device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     environment = common.environment(device)  # dated when the run starts

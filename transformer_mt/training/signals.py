@@ -20,10 +20,8 @@ import signal
 import threading
 import time
 from types import FrameType
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from transformer_mt.training.distributed import Runtime
+from transformer_mt.runtime import Runtime
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 REPEAT_WINDOW_S = 2.0

@@ -19,7 +19,6 @@ never saved; a crash leaves at most a temporary file, which the next run deletes
 # ruff: noqa: UP006, UP035, UP045 -- OmegaConf reads the dataclass fields: List/Optional, not list/X | None.
 from __future__ import annotations
 
-import contextlib
 import math
 import signal
 import time
@@ -30,15 +29,14 @@ from typing import Any, List, Optional
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
+from transformer_mt import checkpoint as ckpt
 from transformer_mt.data.batching import Batch, TokenBatchSampler
 from transformer_mt.data.binarize import ParallelDataset
 from transformer_mt.data.prepare import DataConfig, load_prepared, prepare_data
 from transformer_mt.models import EncoderDecoder, build_model, count_parameters
-from transformer_mt.training import checkpoint as ckpt
+from transformer_mt.runtime import PRECISIONS, Runtime, init_runtime, shutdown
 from transformer_mt.training.cost import TrainingCost, cost_summary, device_peak_flops
-from transformer_mt.training.distributed import PRECISIONS, Runtime, init_runtime, shutdown
 from transformer_mt.training.loss import label_smoothed_cross_entropy
 from transformer_mt.training.metrics import TrainingLog
 from transformer_mt.training.optim import build_adam, learning_rate
@@ -183,16 +181,9 @@ def _train(runtime, data_cfg, model_cfg, cfg, decoding_cfg, output_dir, run_conf
     if cfg.resume and last.exists():
         saved = ckpt.load_checkpoint(last)
         restore(run, runtime, saved, last)
-    elif torch.distributed.is_initialized():
+    elif runtime.distributed:
         torch.manual_seed(cfg.seed + runtime.rank)  # distinct dropout masks per rank
-
-    step_model: nn.Module = model
-    if runtime.distributed:
-        step_model = DistributedDataParallel(
-            model, device_ids=[runtime.device] if runtime.device.type == "cuda" else None
-        )
-    if cfg.compile:
-        step_model = torch.compile(step_model)
+    step_model = runtime.wrap(model, compile=cfg.compile)
 
     log = TrainingLog(output_dir, total_steps=cfg.max_steps, initial_step=state.step, enabled=runtime.is_main)
     log.info(
@@ -254,7 +245,7 @@ def _train(runtime, data_cfg, model_cfg, cfg, decoding_cfg, output_dir, run_conf
                 state.step + 1,
                 schedule=cfg.schedule,
                 warmup_steps=cfg.warmup_steps,
-                d_model=_d_model(model_config),
+                d_model=model.model_dim,
                 lr=cfg.lr,
                 lr_scale=cfg.lr_scale,
                 max_steps=cfg.max_steps,
@@ -371,8 +362,7 @@ def _update(runtime: Runtime, step_model, model, optimizer, scaler, group: list[
     for i, batch in enumerate(group):
         batch = batch.to(runtime.device, non_blocking=True)
         last = i == len(group) - 1
-        sync = contextlib.nullcontext() if last or not runtime.distributed else step_model.no_sync()
-        with sync:
+        with runtime.no_sync(step_model, sync=last):
             with runtime.autocast():
                 logits = step_model(batch.src_tokens, batch.prev_tokens)
             loss, nll = label_smoothed_cross_entropy(
@@ -499,11 +489,3 @@ def _plain(model_cfg: Any) -> dict[str, Any]:
     if is_dataclass(model_cfg):
         return asdict(model_cfg)
     return dict(model_cfg)
-
-
-def _d_model(model_config: dict[str, Any]) -> int:
-    """The width the paper's schedule scales by (d_model, or the family's equivalent)."""
-    for key in ("d_model", "hidden_size", "embed_dim"):
-        if key in model_config:
-            return int(model_config[key])
-    return 512
