@@ -8,7 +8,7 @@ import textwrap
 import pytest
 import torch
 
-from transformer_mt.training import checkpoint as ckpt
+from transformer_mt import checkpoint as ckpt
 
 
 def state(value: float, step: int = 1) -> dict:
@@ -35,7 +35,7 @@ def test_crash_mid_write_leaves_previous_checkpoint_loadable(tmp_path):
     script = textwrap.dedent(
         f"""
         import os, signal, torch
-        from transformer_mt.training import checkpoint as ckpt
+        from transformer_mt import checkpoint as ckpt
         real_fsync = os.fsync
         def die(fd):
             os.kill(os.getpid(), signal.SIGKILL)
@@ -56,7 +56,7 @@ def test_full_disk_is_a_clear_error_and_keeps_the_old_file(tmp_path):
     script = textwrap.dedent(
         f"""
         import resource, signal, sys, torch
-        from transformer_mt.training import checkpoint as ckpt
+        from transformer_mt import checkpoint as ckpt
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
         try:

@@ -30,10 +30,10 @@ from hypothesis import strategies as st
 
 from tests.helpers import REPO, TINY_MODEL, files_overrides, run_cli, write_small_corpus
 from tests.test_trainer import QUICK, fresh_run, losses, params
+from transformer_mt import checkpoint as ckpt
 from transformer_mt.cli import main as cli_main
 from transformer_mt.data.corpus import CleaningStats, CorpusError, TextCorpus, clean_pairs, normalise
 from transformer_mt.data.vocab import train_vocabulary
-from transformer_mt.training import checkpoint as ckpt
 from transformer_mt.training.signals import REPEAT_WINDOW_S
 
 STEPS = 16

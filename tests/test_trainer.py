@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.helpers import TINY_MODEL, files_overrides, run_cli, write_small_corpus
-from transformer_mt.training.checkpoint import load_checkpoint
+from transformer_mt.checkpoint import load_checkpoint
 
 QUICK = [
     "trainer.max_tokens=512",

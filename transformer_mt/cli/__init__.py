@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def _for_people(err: Exception) -> bool:
     """Errors whose message is the whole story; anything else keeps its traceback (a bug)."""
+    from transformer_mt.checkpoint import CheckpointError
     from transformer_mt.config import ConfigError
-    from transformer_mt.training.checkpoint import CheckpointError
     from transformer_mt.training.trainer import TrainingError
 
     return isinstance(err, (ConfigError, CheckpointError, TrainingError, ValueError, OSError))

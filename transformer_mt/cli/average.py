@@ -8,8 +8,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from transformer_mt.checkpoint import average_checkpoints, save_checkpoint, step_checkpoints
 from transformer_mt.cli.common import load_config
-from transformer_mt.training.checkpoint import average_checkpoints, save_checkpoint, step_checkpoints
 
 
 def main(overrides: list[str], show_help: bool) -> None:

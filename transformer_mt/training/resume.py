@@ -14,12 +14,12 @@ from typing import Any
 
 import torch
 
+from transformer_mt import checkpoint as ckpt
 from transformer_mt.data.batching import TokenBatchSampler
 from transformer_mt.data.vocab import Vocabulary
 from transformer_mt.models import EncoderDecoder
-from transformer_mt.training import checkpoint as ckpt
+from transformer_mt.runtime import Runtime
 from transformer_mt.training.cost import TrainingCost
-from transformer_mt.training.distributed import Runtime, gather_objects
 
 
 class TrainingError(Exception):
@@ -55,13 +55,14 @@ class TrainingRun:
 def training_snapshot(run: TrainingRun, runtime: Runtime) -> dict[str, Any] | None:
     """The checkpoint of `run` on rank 0, None on the others. A collective: every rank calls it
     (each rank's RNG state is gathered to rank 0)."""
-    rng = gather_objects(runtime, _rng_state(runtime))
+    rng = runtime.gather_objects(_rng_state(runtime))
     if not runtime.is_main:
         return None
     return {
         "format": ckpt.FORMAT,
         "model": run.model.state_dict(),
         "model_config": run.model_config,
+        "vocab_size": run.model.vocab_size,
         "sentencepiece": run.vocab.to_bytes(),
         "optimizer": run.optimizer.state_dict(),
         "scaler": run.scaler.state_dict(),

@@ -16,8 +16,10 @@ import torch
 
 from transformer_mt.data.binarize import ParallelDataset
 from transformer_mt.data.prepare import PreparedData
+from transformer_mt.decoding.scoring import corpus_scores
+from transformer_mt.decoding.translator import Translator
 from transformer_mt.models import EncoderDecoder
-from transformer_mt.training.distributed import Runtime
+from transformer_mt.runtime import Runtime
 from transformer_mt.training.loss import label_smoothed_cross_entropy
 
 
@@ -52,9 +54,6 @@ def validation_bleu(
     model: EncoderDecoder, data: PreparedData, decoding_cfg: Any, device: torch.device, *, sentences: int
 ) -> float:
     """sacreBLEU of the first `sentences` validation sentences, decoded as at test time."""
-    from transformer_mt.decoding.scoring import corpus_scores  # decoding/ builds on training/'s outputs
-    from transformer_mt.decoding.translator import Translator
-
     src_path, tgt_path = data.text_paths("valid")
     sources = src_path.read_text(encoding="utf-8").splitlines()[:sentences]
     references = tgt_path.read_text(encoding="utf-8").splitlines()[:sentences]

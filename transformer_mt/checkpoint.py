@@ -1,12 +1,14 @@
-"""Checkpoints: written atomically, loaded without ever running code.
+"""Checkpoints: the file, written atomically and loaded without ever running code.
 
 A checkpoint is a dict of plain values and tensors (nanoGPT / torchtitan style):
 
     format, model (state_dict of the unwrapped model), model_config (a plain dict with `arch`),
-    sentencepiece (the vocabulary model's bytes), optimizer, scaler, sampler, rng (one per rank),
-    step, train_state, cost, config (the resolved run config)
+    vocab_size, sentencepiece (the vocabulary model's bytes), optimizer, scaler, sampler,
+    rng (one per rank), step, train_state, cost, config (the resolved run config)
 
-(what a training run puts in and takes back out is `resume.py`'s part; this module is the file).
+What a training run puts in and takes back out is `training/resume.py`'s part; this module is the
+file, shared by training and decoding: `load_for_inference` rebuilds a model for decoding from the
+checkpoint alone, and `average_checkpoints` makes the mean of several (paper section 6.1).
 
 Writing goes to a temporary file in the same folder, is flushed and fsync'ed, then renamed over the
 final name, so a crash mid-write leaves the previous checkpoint intact. Reading uses
@@ -22,10 +24,14 @@ import pickle
 import re
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from transformer_mt.data.vocab import Vocabulary
+from transformer_mt.models import EncoderDecoder, build_model
 
 FORMAT = "transformer-mt/1"
 STEP_FILE = re.compile(r"checkpoint_(\d+)\.pt$")
@@ -121,39 +127,43 @@ def rotate(directory: str | Path, keep_last: int) -> None:
         old.unlink(missing_ok=True)
 
 
-def load_for_inference(path: str | Path, device: str | torch.device = "cpu"):
-    """(model in eval mode, vocabulary, model config dict) rebuilt from a checkpoint alone."""
-    from transformer_mt.data.vocab import Vocabulary
-    from transformer_mt.models import build_model
+@dataclass
+class InferenceModel:
+    """What decoding needs of a checkpoint: the model, its vocabulary and the run's settings."""
 
+    model: EncoderDecoder  # in eval mode, on the device asked for
+    vocab: Vocabulary
+    model_config: dict[str, Any]
+    decoding: dict[str, Any]  # the decoding settings the run validated with ({} if it stored none)
+    step: int | None
+    path: Path
+
+
+def load_for_inference(path: str | Path, device: str | torch.device = "cpu") -> InferenceModel:
+    """The model of a checkpoint, rebuilt from the checkpoint alone, ready to decode."""
+    path = Path(path)
     state = load_checkpoint(path)
     try:
         vocab = Vocabulary(state["sentencepiece"])
         model_config = dict(state["model_config"])
         model = build_model(model_config, vocab_size=len(vocab), pad_id=vocab.pad_id)
-        embedding_rows = _vocab_rows(state["model"])
+        params = state["model"]
+        decoding = dict((state.get("config") or {}).get("decoding") or {})
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as err:
         detail = f"no {err} entry" if isinstance(err, KeyError) else err
         raise CheckpointError(f"checkpoint {path} is incomplete or inconsistent ({detail})") from None
-    if embedding_rows is not None and embedding_rows != len(vocab):
+    saved_rows = state.get("vocab_size")  # written since the model's vocabulary size is a property
+    if saved_rows is not None and saved_rows != len(vocab):
         raise CheckpointError(
-            f"checkpoint {path}: its model has a {embedding_rows}-token vocabulary but the "
+            f"checkpoint {path}: its model has a {saved_rows}-token vocabulary but the "
             f"sentencepiece model it carries has {len(vocab)} pieces"
         )
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(params)
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0]
         raise CheckpointError(f"checkpoint {path} does not fit its model config ({first})") from None
-    return model.to(device).eval(), vocab, model_config
-
-
-def _vocab_rows(model_state: dict[str, torch.Tensor]) -> int | None:
-    """The vocabulary size of a state dict: rows of its first embedding matrix."""
-    for name, tensor in model_state.items():
-        if "embed" in name and name.endswith("weight") and tensor.dim() == 2:
-            return tensor.shape[0]
-    return None
+    return InferenceModel(model.to(device).eval(), vocab, model_config, decoding, state.get("step"), path)
 
 
 def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
@@ -182,7 +192,7 @@ def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
     for name, tensor in total.items():
         dtype = last["model"][name].dtype
         model[name] = (tensor / len(paths)).to(dtype) if dtype.is_floating_point else tensor
-    keep = ("format", "model_config", "sentencepiece", "step", "epoch", "config")
+    keep = ("format", "model_config", "vocab_size", "sentencepiece", "step", "config")
     averaged = {key: last[key] for key in keep if key in last}
     averaged["model"] = model
     averaged["averaged_from"] = [str(p) for p in paths]
