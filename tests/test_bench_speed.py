@@ -180,7 +180,7 @@ def test_decode_bench_on_a_file_batches_as_the_translator_and_runs_each_batch_to
         [
             f"input={text}",
             "max_sentences=24",
-            "max_tokens=64",
+            "batch_tokens=64",
             "vocab_size=80",
             "model=transformer_tiny",
             "peers=[]",

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import run_cli
-from transformer_mt.config import CONFIG_DIR, ConfigError, compose_config, to_objects
+from transformer_mt.config import CONFIG_DIR, ConfigError, compose_config, explicit_keys, to_objects
 
 
 def test_help_lists_every_command():
@@ -105,11 +105,14 @@ def test_every_data_preset_composes(data):
     to_objects(compose_config("train", [f"data={data}", *files]))
 
 
-def test_decoding_options_sit_at_the_top_level_of_translate():
-    cfg = to_objects(compose_config("translate", ["beam=5", "nbest=2", "checkpoint=[a.pt,b.pt]"]))
-    assert cfg.beam == 5 and cfg.nbest == 2 and list(cfg.checkpoint) == ["a.pt", "b.pt"]
+def test_decoding_options_sit_in_the_decoding_node_of_translate():
+    overrides = ["decoding.beam=5", "decoding.nbest=2", "checkpoint=[a.pt,b.pt]"]
+    cfg = to_objects(compose_config("translate", overrides))
+    assert cfg.decoding.beam == 5 and cfg.decoding.nbest == 2 and list(cfg.checkpoint) == ["a.pt", "b.pt"]
     with pytest.raises(ConfigError, match="nbest"):
-        to_objects(compose_config("translate", ["beam=2", "nbest=3"]))
+        to_objects(compose_config("translate", ["decoding.beam=2", "decoding.nbest=3"]))
+    assert explicit_keys(overrides, "decoding") == {"beam", "nbest"}
+    assert explicit_keys(["+decoding.lenpen=1", "decoding=default"], "decoding") is None
 
 
 def test_configs_ship_inside_the_package():

@@ -237,7 +237,7 @@ def test_config_rejects_impossible_values():
         {"beam": 2, "nbest": 3},
         {"sampling": True, "sampling_topp": 0.0},
         {"sampling": True, "temperature": 0.0},
-        {"max_tokens": 0},
+        {"batch_tokens": 0},
         {"sampling_topk": 5},  # would be silently ignored without sampling
     ):
         with pytest.raises(ValueError, match="invalid decoding config"):

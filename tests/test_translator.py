@@ -6,15 +6,19 @@ translation's text should be its input line (as sentencepiece normalises it).
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
 import torch
 from torch import Tensor, nn
 
+from tests.helpers import run_cli
+from transformer_mt.checkpoint import FORMAT, save_checkpoint
 from transformer_mt.data.vocab import EOS_ID, PAD_ID, Vocabulary, train_vocabulary
 from transformer_mt.decoding.search import DecodingConfig
 from transformer_mt.decoding.translator import Translation, Translator, format_nbest
+from transformer_mt.models import build_model
 from transformer_mt.models.interface import EncoderDecoder, EncoderOutput
 
 WORDS = "the cat sat on a mat and dog ran to house big small red green blue tree under over".split()
@@ -104,13 +108,13 @@ def test_batching_does_not_change_translations(vocab):
     rng = random.Random(1)
     lines = [" ".join(rng.choices(WORDS, k=rng.randint(1, 12))) for _ in range(25)]
     for model in (CopyModel(len(vocab)), Bigram(len(vocab))):
-        one_batch = translator(vocab, model, max_tokens=100_000, nbest=2).translate(lines)
-        for max_tokens in (1, 17, 64):
-            small = translator(vocab, model, max_tokens=max_tokens, nbest=2).translate(lines)
+        one_batch = translator(vocab, model, batch_tokens=100_000, nbest=2).translate(lines)
+        for batch_tokens in (1, 17, 64):
+            small = translator(vocab, model, batch_tokens=batch_tokens, nbest=2).translate(lines)
             assert [[h.tokens for h in r] for r in small] == [[h.tokens for h in r] for r in one_batch]
         alone = [translator(vocab, model, nbest=2).translate([line])[0] for line in lines[:5]]
         assert [[h.tokens for h in r] for r in alone] == [[h.tokens for h in r] for r in one_batch[:5]]
-    assert texts(translator(vocab, CopyModel(len(vocab)), max_tokens=17).translate(lines)) == lines
+    assert texts(translator(vocab, CopyModel(len(vocab)), batch_tokens=17).translate(lines)) == lines
 
 
 def test_long_line_is_truncated_with_a_warning_naming_it(vocab):
@@ -163,8 +167,54 @@ def test_format_nbest_writes_index_rank_score_text(vocab):
 def test_autocast_bf16_translates(vocab):
     lines = ["the cat", "", "a small blue tree"]
     model = Bigram(len(vocab))
-    results = Translator([model], vocab, DecodingConfig(beam=2, max_len_b=5), dtype=torch.bfloat16).translate(
+    results = Translator([model], vocab, DecodingConfig(beam=2, max_len_b=5), precision="bf16").translate(
         lines
     )
     assert len(results) == 3 and all(len(r) == 1 for r in results)
     assert all(isinstance(h.score, float) and h.score == h.score for r in results for h in r)
+
+
+def _checkpoint_with_decoding(vocab: Vocabulary, path, decoding: dict) -> None:
+    """A real checkpoint of a tiny Transformer whose run validated with `decoding`."""
+    model_config = {"arch": "transformer", "d_model": 16, "ffn_dim": 32, "heads": 2, "encoder_layers": 1,
+                    "decoder_layers": 1, "max_positions": 64}
+    model = build_model(model_config, vocab_size=len(vocab), pad_id=vocab.pad_id)
+    save_checkpoint(
+        {
+            "format": FORMAT,
+            "model": model.state_dict(),
+            "model_config": model_config,
+            "vocab_size": model.vocab_size,
+            "sentencepiece": vocab.to_bytes(),
+            "step": 3,
+            "config": {"decoding": decoding},
+        },
+        path,
+    )
+
+
+def test_from_checkpoint_decodes_as_the_run_validated_unless_told_otherwise(vocab, tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    # `max_tokens` is the decode batch budget's name in checkpoints written before `batch_tokens`.
+    _checkpoint_with_decoding(vocab, path, {"beam": 2, "lenpen": 1.3, "max_tokens": 77})
+    stored = Translator.from_checkpoint(path, device="cpu")
+    assert (stored.cfg.beam, stored.cfg.lenpen, stored.cfg.batch_tokens) == (2, 1.3, 77)
+    overridden = Translator.from_checkpoint(path, device="cpu", beam=3)
+    assert (overridden.cfg.beam, overridden.cfg.lenpen) == (3, 1.3)
+    assert len(overridden.translate(["the cat sat", ""])) == 2
+    with pytest.raises(ValueError, match="unknown decoding option"):
+        Translator.from_checkpoint(path, device="cpu", beem=3)
+
+
+def test_evaluate_reports_the_stored_decoding_with_command_line_keys_on_top(vocab, tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    _checkpoint_with_decoding(vocab, path, {"beam": 2, "lenpen": 1.3})
+    (tmp_path / "src.txt").write_text("the cat sat\na dog ran\n")
+    (tmp_path / "ref.txt").write_text("the cat sat\na dog ran\n")
+    common = [f"checkpoint={path}", f"input={tmp_path}/src.txt", f"reference={tmp_path}/ref.txt", "device=cpu"]
+    for extra, expected in (([], (2, 1.3)), (["decoding.beam=1"], (1, 1.3)), (["decoding=default"], (4, 0.6))):
+        report = tmp_path / "report.json"
+        result = run_cli("evaluate", *common, f"report={report}", *extra)
+        assert result.returncode == 0, result.stderr
+        decoding = json.loads(report.read_text())["decoding"]
+        assert (decoding["beam"], decoding["lenpen"]) == expected, extra

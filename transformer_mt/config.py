@@ -57,10 +57,15 @@ class TrainRunConfig:
     output_dir: str = "runs/sample"
 
 
-@dataclass
-class EvaluateConfig(DecodingConfig):
-    """`evaluate`: decode a test set and score it. Decoding options sit at the top level (beam=5)."""
+def _decoding_defaults() -> List[Any]:
+    return ["_self_", {"decoding": "default"}]
 
+
+@dataclass
+class EvaluateConfig:
+    """`evaluate`: decode a test set and score it."""
+
+    defaults: List[Any] = field(default_factory=_decoding_defaults)
     checkpoint: Any = None  # a path, or a list of paths for an ensemble
     split: str = "test"  # the prepared split beside the checkpoint's run, unless input/reference given
     input: Optional[str] = None
@@ -70,17 +75,21 @@ class EvaluateConfig(DecodingConfig):
     tokenized_bleu: bool = False
     device: str = "auto"
     precision: str = "fp32"
+    # How to decode: what the checkpoint's run validated with, and decoding.KEY=VALUE on top.
+    decoding: DecodingConfig = MISSING
 
 
 @dataclass
-class TranslateConfig(DecodingConfig):
+class TranslateConfig:
     """`translate`: raw text in, translations out, one line per line."""
 
+    defaults: List[Any] = field(default_factory=_decoding_defaults)
     checkpoint: Any = None
     input: Optional[str] = None  # default: standard input
     output: Optional[str] = None  # default: standard output
     device: str = "auto"
     precision: str = "fp32"
+    decoding: DecodingConfig = MISSING  # as in evaluate
 
 
 @dataclass
@@ -125,6 +134,19 @@ def compose_config(command: str, overrides: list[str]) -> DictConfig:
     if "defaults" in cfg:
         del cfg["defaults"]
     return cfg
+
+
+def explicit_keys(overrides: list[str], node: str) -> set[str] | None:
+    """The fields of config node `node` that the command line sets (`node.key=value`, with or
+    without `+`), or None when it picks a whole preset for it (`node=name`: every field is set)."""
+    keys: set[str] = set()
+    for item in overrides:
+        key = item.lstrip("+~").partition("=")[0]
+        if key == node:
+            return None
+        if key.startswith(f"{node}."):
+            keys.add(key[len(node) + 1 :].split(".")[0])
+    return keys
 
 
 def to_objects(cfg: DictConfig) -> Any:

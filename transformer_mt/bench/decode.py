@@ -12,7 +12,7 @@ Both run in virtual environments of their own (see `peers.py`). What is decoded:
 
 - `input=FILE` (e.g. ../shared/data/wmt14_en_de/newstest2013.en): real sentences, encoded with a
   sentencepiece model (`spm=PATH`, or one of up to `vocab_size` pieces trained on the file itself)
-  and cut into batches exactly as `Translator` cuts them: sorted by length, at most `max_tokens`
+  and cut into batches exactly as `Translator` cuts them: sorted by length, at most `batch_tokens`
   padded source tokens per batch. One timed repeat is one pass over every batch.
 - no input: one batch of `batch_size` random sentences of `src_len` tokens.
 
@@ -50,6 +50,7 @@ from transformer_mt.decoding.translator import collate_sources, length_sorted_ba
 from transformer_mt.models import build_model, count_parameters
 from transformer_mt.models.interface import DecoderState, EncoderDecoder, EncoderOutput
 from transformer_mt.models.transformer import TransformerConfig
+from transformer_mt.runtime import PRECISIONS, autocast, resolve_device
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3  # docs/design.md
 SYSTEMS = ("transformers", "ctranslate2")
@@ -67,7 +68,7 @@ class DecodeBenchConfig:
     input: Optional[str] = None  # a text file, one sentence per line; None: random sentences
     spm: Optional[str] = None  # sentencepiece model for `input`; None: train one on the input
     max_sentences: int = 0  # decode only the first N non-empty lines of `input` (0: all)
-    max_tokens: int = DecodingConfig.max_tokens  # padded source tokens per batch of `input`
+    batch_tokens: int = DecodingConfig.batch_tokens  # padded source tokens per batch of `input`
     batch_size: int = 64  # random sentences decoded together
     src_len: int = 32  # source tokens per random sentence (the last is EOS)
     out_len: int = 32  # decoder steps per random sentence, the same for every system
@@ -82,7 +83,7 @@ class DecodeBenchConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("batch_size", "repeats", "vocab_size", "max_tokens"):
+        for name in ("batch_size", "repeats", "vocab_size", "batch_tokens"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)} must be at least 1")
         if self.src_len < 2 or self.out_len < 2:
@@ -91,7 +92,7 @@ class DecodeBenchConfig:
             problems.append(f"vocab_size={self.vocab_size} must leave room for 4 special ids and words")
         if not self.beams or min(self.beams) < 1:
             problems.append(f"beams={list(self.beams)} must be sizes >= 1")
-        bad = [p for p in self.precisions if p not in common.PRECISIONS]
+        bad = [p for p in self.precisions if p not in PRECISIONS]
         if bad or not self.precisions:
             problems.append(f"precisions={list(self.precisions)}: each must be one of fp32, bf16, fp16")
         bad = [p for p in self.peers if p not in SYSTEMS]
@@ -189,12 +190,12 @@ def file_workload(cfg: DecodeBenchConfig) -> Workload:
     lengths = dict(enumerate(len(x) for x in ids))
     batches = [
         collate_sources([ids[i] for i in indices], pad_id=PAD, eos_id=EOS)
-        for indices in length_sorted_batches(lengths, cfg.max_tokens)
+        for indices in length_sorted_batches(lengths, cfg.batch_tokens)
     ]
     steps = [b.size(1) for b in batches]  # the longest source of the batch, with its EOS
     description = (
         f"{cfg.input}: {len(lines)} sentences ({sum(lengths.values()) + len(lines)} source tokens with "
-        f"EOS; {made}) in {len(batches)} length-sorted batches of <= {cfg.max_tokens} padded tokens; "
+        f"EOS; {made}) in {len(batches)} length-sorted batches of <= {cfg.batch_tokens} padded tokens; "
         "each batch decodes as many steps as its longest source (EOS held back)"
     )
     return Workload(batches, steps, description)
@@ -214,7 +215,7 @@ def measure_ours(
 
         def decode(index: int, beam: int = beam, ran: list = ran) -> None:
             decoding = DecodingConfig(beam=beam, lenpen=0.6, max_len_a=0.0, max_len_b=work.steps[index] - 1)
-            with common.autocast(device, precision):
+            with autocast(device, precision):
                 found = generate([search_model], batches[index], decoding, bos_id=BOS, eos_id=EOS, pad_id=PAD)
             ran.append(sum(len(hyps[0].tokens) + 1 for hyps in found))  # the tokens and the final EOS
 
@@ -255,7 +256,7 @@ def peer_args(cfg: DecodeBenchConfig, work: Workload, precision: str, device: to
 
 def run(cfg: DecodeBenchConfig) -> dict[str, Any]:
     """Measure everything `cfg` asks for; the JSON payload (rows, environment, settings)."""
-    device = common.device_of(cfg.device)
+    device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     environment = common.environment(device)  # dated when the run starts

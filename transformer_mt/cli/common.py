@@ -1,12 +1,15 @@
-"""What the command modules share: composing a config, and showing it for --help."""
+"""What the command modules share: composing a config, showing it for --help, and loading a
+translator over the checkpoints that an evaluate/translate config names."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from omegaconf import OmegaConf
 
-from transformer_mt.config import compose_config, to_objects
+from transformer_mt.config import compose_config, explicit_keys, to_objects
+from transformer_mt.decoding.translator import Translator
 
 
 def load_config(command: str, overrides: list[str], show_help: bool, doc: str) -> Any | None:
@@ -29,28 +32,13 @@ def checkpoint_paths(value: Any) -> list[str]:
     return paths
 
 
-def load_translator(cfg: Any):
-    """A Translator over the checkpoint (or ensemble) that an evaluate/translate config names."""
-    import dataclasses
-
-    import torch
-
-    from transformer_mt.decoding.search import DecodingConfig
-    from transformer_mt.decoding.translator import Translator
-    from transformer_mt.training.checkpoint import CheckpointError, load_for_inference
-    from transformer_mt.training.distributed import PRECISIONS
-
-    if cfg.precision not in PRECISIONS:
-        raise ValueError(f"precision={cfg.precision!r} is not one of: {', '.join(PRECISIONS)}")
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
-    models, vocab = [], None
-    for path in checkpoint_paths(cfg.checkpoint):
-        model, model_vocab, _ = load_for_inference(path, device)
-        if vocab is not None and model_vocab.to_bytes() != vocab.to_bytes():
-            raise CheckpointError(f"{path} uses a different vocabulary from the first checkpoint; cannot ensemble")
-        models.append(model)
-        vocab = model_vocab
-    decoding = DecodingConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(DecodingConfig)})
-    dtype = None if cfg.precision == "fp32" else PRECISIONS[cfg.precision]
-    return Translator(models, vocab, decoding, device=device, dtype=dtype), vocab
+def load_translator(cfg: Any, overrides: list[str]) -> Translator:
+    """A Translator over the checkpoint (or ensemble) of an evaluate/translate config. It decodes as
+    the checkpoint's run validated, except for the `decoding.*` keys given on the command line."""
+    decoding = asdict(cfg.decoding)
+    keys = explicit_keys(overrides, "decoding")
+    if keys is not None:
+        decoding = {key: value for key, value in decoding.items() if key in keys}
+    return Translator.from_checkpoint(
+        checkpoint_paths(cfg.checkpoint), device=cfg.device, precision=cfg.precision, **decoding
+    )

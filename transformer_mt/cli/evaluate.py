@@ -1,7 +1,8 @@
 """Decode a test set with beam search and score it with sacreBLEU.
 
 By default the prepared `split` (test) of the run the checkpoint came from; or any pair of raw files
-with input=FILE reference=FILE. Prints BLEU and chrF with their signatures (and, with
+with input=FILE reference=FILE. Decodes as the checkpoint's run validated (its `decoding` settings,
+e.g. the preset's length penalty); `decoding.beam=5 decoding.lenpen=1.0 ...` override them. Prints BLEU and chrF with their signatures (and, with
 tokenized_bleu=true, the paper's tokenized BLEU with compound splitting, labelled as such);
 report=PATH.json writes the scores, signatures, decoding settings, checkpoint, line count and speed."""
 
@@ -13,10 +14,10 @@ import sys
 import time
 from pathlib import Path
 
+from transformer_mt.checkpoint import load_checkpoint
 from transformer_mt.cli.common import checkpoint_paths, load_config, load_translator
+from transformer_mt.data.prepare import load_prepared
 from transformer_mt.decoding.scoring import corpus_scores, format_scores
-from transformer_mt.decoding.search import DecodingConfig
-from transformer_mt.training.checkpoint import load_checkpoint
 
 
 def main(overrides: list[str], show_help: bool) -> None:
@@ -29,7 +30,7 @@ def main(overrides: list[str], show_help: bool) -> None:
     references = _read_lines(ref_path)
     if len(sources) != len(references):
         raise ValueError(f"{src_path} has {len(sources)} lines but {ref_path} has {len(references)}")
-    translator, _ = load_translator(cfg)
+    translator = load_translator(cfg, overrides)
     started = time.perf_counter()
     results = translator.translate(sources)
     seconds = time.perf_counter() - started
@@ -49,7 +50,7 @@ def main(overrides: list[str], show_help: bool) -> None:
             "lines": len(sources),
             "seconds": seconds,
             "sentences_per_second": len(sources) / max(seconds, 1e-9),
-            "decoding": {f.name: getattr(cfg, f.name) for f in dataclasses.fields(DecodingConfig)},
+            "decoding": dataclasses.asdict(translator.cfg),
             "device": cfg.device,
             "precision": cfg.precision,
         }
@@ -62,8 +63,6 @@ def _test_files(cfg, checkpoint: str) -> tuple[Path, Path, str | None]:
         if not (cfg.input and cfg.reference):
             raise ValueError("give both input=FILE and reference=FILE, or neither (to use the prepared split)")
         return Path(cfg.input), Path(cfg.reference), None
-    from transformer_mt.data.prepare import load_prepared
-
     # The run folder is the checkpoint's grandparent (RUN/checkpoints/X.pt) unless it was moved away
     # from its data; then the output_dir stored in the checkpoint (relative to where training ran).
     run_dir = Path(checkpoint).resolve().parent.parent

@@ -1,9 +1,10 @@
 """Translate raw text with a checkpoint (or an ensemble: checkpoint=[a.pt,b.pt]).
 
 Reads standard input (or input=FILE) and writes exactly one line per input line, in order, empty
-lines included (interactive, line by line, when standard input is a terminal). With nbest=K each
-input line gives K lines `INDEX<TAB>RANK<TAB>SCORE<TAB>TEXT` instead. The sentencepiece model travels
-inside the checkpoint, so the checkpoint path is all that is needed."""
+lines included (interactive, line by line, when standard input is a terminal). With decoding.nbest=K
+each input line gives K lines `INDEX<TAB>RANK<TAB>SCORE<TAB>TEXT` instead. The sentencepiece model travels
+inside the checkpoint, so the checkpoint path is all that is needed. Decodes as the checkpoint's run
+validated; `decoding.beam=5 decoding.lenpen=1.0 ...` override its settings."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def main(overrides: list[str], show_help: bool) -> None:
     cfg = load_config("translate", overrides, show_help, __doc__)
     if cfg is None:
         return
-    translator, _ = load_translator(cfg)
+    translator = load_translator(cfg, overrides)
     source = open(cfg.input, "rb") if cfg.input else sys.stdin.buffer  # noqa: SIM115
     if not cfg.output and hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(encoding="utf-8")  # translations are UTF-8 text, whatever the locale
@@ -31,7 +32,7 @@ def main(overrides: list[str], show_help: bool) -> None:
         index = 0
         for chunk in _chunks(source, 1 if interactive else CHUNK_LINES):
             for hyps in translator.translate(chunk):
-                _write(sink, index, hyps, cfg.nbest)
+                _write(sink, index, hyps, translator.cfg.nbest)
                 index += 1
             sink.flush()
     finally:

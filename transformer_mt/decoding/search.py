@@ -34,7 +34,8 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -51,7 +52,7 @@ class DecodingConfig:
     max_len_a: float = 1.0  # maximum output length = max_len_a * source length + max_len_b
     max_len_b: int = 50
     nbest: int = 1  # hypotheses returned per sentence, best first
-    max_tokens: int = 4096  # padded source tokens per decoding batch (the translator's budget)
+    batch_tokens: int = 4096  # padded source tokens per decoding batch (not the training max_tokens)
     sampling: bool = False  # draw `beam` samples per sentence instead of searching
     sampling_topk: int = 0  # sample from the k most probable tokens only (0: all)
     sampling_topp: float = 1.0  # sample from the smallest set of tokens with this much probability
@@ -68,8 +69,8 @@ class DecodingConfig:
             problems.append(f"lenpen={self.lenpen} must be a finite number")
         if self.max_len_a < 0 or self.max_len_b < 0:
             problems.append(f"max_len_a={self.max_len_a} and max_len_b={self.max_len_b} must be >= 0")
-        if self.max_tokens < 1:
-            problems.append(f"max_tokens={self.max_tokens} must be at least 1")
+        if self.batch_tokens < 1:
+            problems.append(f"batch_tokens={self.batch_tokens} must be at least 1")
         if self.sampling_topk < 0:
             problems.append(f"sampling_topk={self.sampling_topk} must be >= 0 (0 turns it off)")
         if not 0.0 < self.sampling_topp <= 1.0:
@@ -80,6 +81,21 @@ class DecodingConfig:
             problems.append("sampling_topk, sampling_topp and temperature only apply with sampling=true")
         if problems:
             raise ValueError("invalid decoding config: " + "; ".join(problems))
+
+    @classmethod
+    def from_stored(cls, stored: dict[str, Any], **overrides: Any) -> DecodingConfig:
+        """The settings a training run stored in its checkpoint (how it decoded for validation),
+        with `overrides` on top. Names from older versions are mapped; keys no longer known are
+        dropped from `stored` but refused in `overrides`."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"unknown decoding option(s) {unknown}; options: {', '.join(sorted(known))}")
+        settings = {RENAMED.get(name, name): value for name, value in stored.items()}
+        return cls(**{**{name: value for name, value in settings.items() if name in known}, **overrides})
+
+
+RENAMED = {"max_tokens": "batch_tokens"}  # DecodingConfig fields under their names in older checkpoints
 
 
 @dataclass

@@ -5,7 +5,7 @@
 - an empty or whitespace-only line gives one empty hypothesis (text "", score 0) without a model call;
 - a line longer than the model's positions is truncated to fit (with a warning naming its 1-based
   line number), never dropped;
-- sentences are sorted by length and cut into batches of at most `cfg.max_tokens` padded source
+- sentences are sorted by length and cut into batches of at most `cfg.batch_tokens` padded source
   tokens (a longer sentence gets a batch of its own), so little compute goes to padding; the
   results are put back in input order. The search gives a sentence the same output whatever batch
   it lands in (except for rounding differences of the model's batched kernels, and for sampling,
@@ -14,16 +14,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
+from transformer_mt.checkpoint import CheckpointError, load_for_inference
 from transformer_mt.data.vocab import Vocabulary
 from transformer_mt.decoding.search import DecodingConfig, Hypothesis, generate
 from transformer_mt.models.interface import EncoderDecoder
+from transformer_mt.runtime import autocast, local_runtime
 
 
 @dataclass
@@ -34,7 +37,11 @@ class Translation(Hypothesis):
 
 
 class Translator:
-    """Translates lines of raw text with one model or an ensemble that shares one vocabulary."""
+    """Translates lines of raw text with one model or an ensemble that shares one vocabulary.
+
+        translator = Translator.from_checkpoint("runs/multi30k_en_de/checkpoints/checkpoint_last.pt")
+        print(translator.translate(["A man rides a bike."])[0][0].text)
+    """
 
     def __init__(
         self,
@@ -42,10 +49,10 @@ class Translator:
         vocab: Vocabulary,
         cfg: DecodingConfig,
         device: torch.device | str = "cpu",
-        dtype: torch.dtype | None = None,
+        precision: str = "fp32",
         warn: Callable[[str], None] | None = None,
     ) -> None:
-        """`dtype` (torch.bfloat16 or torch.float16) runs the models under autocast; None: fp32.
+        """`precision` bf16 or fp16 runs the models under autocast.
 
         `warn` receives the message of each truncated line (default: `warnings.warn`).
         """
@@ -53,10 +60,38 @@ class Translator:
             raise ValueError("a Translator needs at least one model")
         self.device = torch.device(device)
         self.models = [model.to(self.device) for model in models]
-        self.vocab, self.cfg, self.dtype = vocab, cfg, dtype
+        self.vocab, self.cfg, self.precision = vocab, cfg, precision
         self.warn = warn or (lambda message: warnings.warn(message, stacklevel=3))
         positions = [m.max_positions for m in self.models if m.max_positions is not None]
         self.max_positions = min(positions) if positions else None
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        paths: str | Path | Sequence[str | Path],
+        *,
+        device: str = "auto",
+        precision: str = "fp32",
+        warn: Callable[[str], None] | None = None,
+        **decoding: Any,
+    ) -> Translator:
+        """A translator over a checkpoint (or a list of them, an ensemble), decoding as the run that
+        made it validated (its stored `decoding` settings), with `decoding` keyword arguments
+        (beam=5, lenpen=1.0, ... any `DecodingConfig` field) on top."""
+        runtime = local_runtime(device=device, precision=precision)
+        paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+        if not paths:
+            raise ValueError("Translator.from_checkpoint needs at least one checkpoint path")
+        loaded = [load_for_inference(path, runtime.device) for path in paths]
+        first = loaded[0]
+        for other in loaded[1:]:
+            if other.vocab.to_bytes() != first.vocab.to_bytes():
+                raise CheckpointError(
+                    f"{other.path} uses a different vocabulary from {first.path}; cannot ensemble"
+                )
+        cfg = DecodingConfig.from_stored(first.decoding, **decoding)
+        models = [item.model for item in loaded]
+        return cls(models, first.vocab, cfg, device=runtime.device, precision=precision, warn=warn)
 
     def translate(self, lines: Sequence[str]) -> list[list[Translation]]:
         """For each line, up to `cfg.nbest` translations, best first (exactly one list per line)."""
@@ -70,11 +105,11 @@ class Translator:
                     Translation(tokens=[], score=0.0, logprob=0.0, positional_scores=[], text="")
                 ]
         lengths = {index: len(ids) for index, ids in sources.items()}
-        for indices in length_sorted_batches(lengths, self.cfg.max_tokens):
+        for indices in length_sorted_batches(lengths, self.cfg.batch_tokens):
             src_tokens = collate_sources(
                 [sources[i] for i in indices], pad_id=self.vocab.pad_id, eos_id=self.vocab.eos_id
             ).to(self.device)
-            with self._autocast():
+            with autocast(self.device, self.precision):
                 found = generate(
                     self.models,
                     src_tokens,
@@ -98,11 +133,6 @@ class Translator:
             )
             ids = ids[:keep]
         return ids
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
     def _with_text(self, hyp: Hypothesis) -> Translation:
         return Translation(
