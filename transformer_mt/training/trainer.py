@@ -22,9 +22,8 @@ from __future__ import annotations
 import math
 import signal
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +34,8 @@ from transformer_mt.data.batching import Batch, TokenBatchSampler
 from transformer_mt.data.binarize import ParallelDataset
 from transformer_mt.data.prepare import DataConfig, load_prepared, prepare_data
 from transformer_mt.models import EncoderDecoder, build_model, count_parameters
-from transformer_mt.runtime import PRECISIONS, Runtime, init_runtime, shutdown
+from transformer_mt.runtime import Runtime, init_runtime, shutdown
+from transformer_mt.training.config import TrainerConfig
 from transformer_mt.training.cost import TrainingCost, cost_summary, device_peak_flops
 from transformer_mt.training.loss import label_smoothed_cross_entropy
 from transformer_mt.training.metrics import TrainingLog
@@ -43,74 +43,6 @@ from transformer_mt.training.optim import build_adam, learning_rate
 from transformer_mt.training.resume import TrainingError, TrainingRun, TrainState, restore, training_snapshot
 from transformer_mt.training.signals import StopRequest, exit_status
 from transformer_mt.training.validation import validate
-
-
-@dataclass
-class TrainerConfig:
-    # Batching: tokens per device per micro-batch, micro-batches per update.
-    max_tokens: int = 4096
-    update_freq: int = 1
-    # Stopping.
-    max_steps: int = 100_000
-    max_epochs: int = 0  # 0: no limit
-    max_minutes: float = 0.0  # wall-clock budget of the whole run, resumes included (0: no limit)
-    patience: int = 0  # validations without improvement before stopping; 0: never stop early
-    # Optimiser and schedule (paper 5.3).
-    schedule: str = "noam"  # noam (the paper's formula) | inverse_sqrt (fairseq's) | cosine | constant
-    lr: float = 5e-4  # peak for inverse_sqrt and cosine, the rate for constant
-    min_lr: float = 0.0  # cosine: the rate it reaches at max_steps
-    lr_scale: float = 1.0  # factor on the paper's formula
-    warmup_steps: int = 4000
-    adam_betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
-    adam_eps: float = 1e-9
-    weight_decay: float = 0.0
-    clip_norm: float = 0.0  # 0: no clipping (the paper does not clip)
-    label_smoothing: float = 0.1
-    # Where and how.
-    precision: str = "fp32"  # fp32 | bf16 | fp16
-    device: str = "auto"  # auto | cpu | cuda
-    compile: bool = False
-    seed: int = 1
-    dist_timeout_s: float = 600.0  # a collective waiting longer (a rank died or hangs) ends the job
-    max_nonfinite_steps: int = 10  # consecutive non-finite updates before training stops (fp16: at scale < 1)
-    peak_flops: Optional[float] = None  # per-device peak FLOP/s for MFU when the device is unknown
-    # Logging, validation, checkpoints.
-    log_every: int = 50
-    valid_every: int = 1000
-    valid_bleu: bool = True
-    valid_bleu_sentences: int = 200
-    save_every: int = 1000
-    keep_last: int = 5
-    resume: bool = True
-
-    def __post_init__(self) -> None:
-        positive = ("max_tokens", "update_freq", "max_steps", "log_every", "valid_every", "save_every")
-        positive += ("max_nonfinite_steps",)
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"trainer.{name} must be at least 1, got {getattr(self, name)}")
-        if self.warmup_steps < 1 and self.schedule != "constant":
-            raise ValueError(f"trainer.warmup_steps must be at least 1, got {self.warmup_steps}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"trainer.label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if len(self.adam_betas) != 2:
-            raise ValueError(f"trainer.adam_betas needs two values, got {list(self.adam_betas)}")
-        learning_rate(1, schedule=self.schedule, warmup_steps=1, d_model=1, lr=1.0, lr_scale=1.0)
-        if self.schedule == "cosine" and not 0.0 <= self.min_lr <= self.lr:
-            raise ValueError(f"trainer.min_lr={self.min_lr} must be in [0, trainer.lr={self.lr}] for schedule=cosine")
-        if self.schedule == "cosine" and self.warmup_steps >= self.max_steps:
-            raise ValueError(
-                f"trainer.warmup_steps={self.warmup_steps} leaves no step to decay over before "
-                f"trainer.max_steps={self.max_steps} (schedule=cosine)"
-            )
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"trainer.precision={self.precision!r} is not one of: {', '.join(PRECISIONS)}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"trainer.device={self.device!r} is not one of: auto, cpu, cuda")
-        if self.max_minutes < 0:
-            raise ValueError(f"trainer.max_minutes must be 0 (no limit) or positive, got {self.max_minutes}")
-        if not self.dist_timeout_s > 0:
-            raise ValueError(f"trainer.dist_timeout_s must be positive, got {self.dist_timeout_s}")
 
 
 def train(
