@@ -23,6 +23,7 @@ class TrainerConfig:
     max_epochs: int = 0  # 0: no limit
     max_minutes: float = 0.0  # wall-clock budget of the whole run, resumes included (0: no limit)
     patience: int = 0  # validations without improvement before stopping; 0: never stop early
+    target_bleu: float = 0.0  # stop once validation BLEU reaches this (MLPerf's time to 25.0); 0: no target
     # Optimiser and schedule (paper 5.3).
     schedule: str = "noam"  # noam (the paper's formula) | inverse_sqrt (fairseq's) | cosine | constant
     lr: float = 5e-4  # peak for inverse_sqrt and cosine, the rate for constant
@@ -49,7 +50,9 @@ class TrainerConfig:
     valid_bleu_sentences: int = 200
     save_every: int = 1000
     keep_last: int = 5
-    resume: bool = True
+    resume: bool = True  # continue from <output_dir>/checkpoints/checkpoint_last.pt when it exists
+    init_from: Optional[str] = None  # a new run starts from this checkpoint's weights (fine-tuning)
+    prefetch_updates: int = 2  # updates collated ahead in a background thread; 0: on the main thread
 
     def __post_init__(self) -> None:
         positive = ("max_tokens", "update_freq", "max_steps", "log_every", "valid_every", "save_every")
@@ -79,6 +82,12 @@ class TrainerConfig:
             raise ValueError(f"trainer.max_minutes must be 0 (no limit) or positive, got {self.max_minutes}")
         if not self.dist_timeout_s > 0:
             raise ValueError(f"trainer.dist_timeout_s must be positive, got {self.dist_timeout_s}")
+        if self.target_bleu < 0 or (self.target_bleu > 0 and not self.valid_bleu):
+            raise ValueError(
+                f"trainer.target_bleu={self.target_bleu} needs a positive target and trainer.valid_bleu=true"
+            )
+        if self.prefetch_updates < 0:
+            raise ValueError(f"trainer.prefetch_updates must be 0 or more, got {self.prefetch_updates}")
 
 
 __all__ = ["TrainerConfig"]
