@@ -9,7 +9,8 @@ of Bahdanau et al. (2015) (Luong's "concat") inside the same decoder.
 
 Where we differ from Luong: the first encoder layer is bidirectional (as in GNMT and fairseq's
 LSTM), its two directions concatenated and projected back to `hidden_size`, instead of reading the
-source reversed; source, target and output embeddings are tied (one joint vocabulary).
+source reversed; source, target and output embeddings are tied (one joint vocabulary), and with
+`scale_embeddings` multiplied by sqrt(embed_dim) on input, as in the Transformer.
 
 Decoder initial state: decoder layer l starts from the final (h, c) of encoder layer l (for the
 bidirectional first layer, the sum of its two directions' final states); decoder layers deeper than
@@ -26,6 +27,7 @@ Teacher-forced decoding (training) takes one of two paths:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -66,6 +68,12 @@ class LSTMConfig:
     # signals are so small that Adam spends hundreds of steps at unigram loss before the decoder
     # starts to use its inputs.
     init: str = "uniform"
+    # Multiply embeddings by sqrt(embed_dim) where they enter the encoder and decoder (not at the tied
+    # output), as the Transformer does (Vaswani et al. section 3.4). With init="xavier" the embeddings
+    # are N(0, 1/embed_dim), sized for the output layer: unscaled, the LSTMs' inputs are sqrt(embed_dim)
+    # times smaller than Glorot's matrices assume, and at 256/384 the decoder's output starts near 0.007
+    # (tests/test_lstm.py), so the model sits near unigram loss for hundreds of steps.
+    scale_embeddings: bool = False
     # None: any length. Optional, not `int | None`: OmegaConf reads these annotations.
     max_positions: Optional[int] = None  # noqa: UP045
 
@@ -125,6 +133,7 @@ class LSTMEncoder(nn.Module):
     def __init__(self, cfg: LSTMConfig, embed: nn.Embedding) -> None:
         super().__init__()
         self.embed = embed
+        self.embed_scale = math.sqrt(cfg.embed_dim) if cfg.scale_embeddings else 1.0
         self.dropout = nn.Dropout(cfg.dropout)
         hidden, rest_layers, rest_input = cfg.hidden_size, cfg.encoder_layers, cfg.embed_dim
         self.first: nn.LSTM | None = None
@@ -142,7 +151,7 @@ class LSTMEncoder(nn.Module):
 
         The LSTMs run over packed sequences, so no output of a real token depends on padding."""
         lengths = (~mask).sum(1).clamp(min=1).cpu()  # pack_padded_sequence wants lengths on the CPU
-        x = self.dropout(self.embed(src_tokens))  # (batch, src_len, embed_dim)
+        x = self.dropout(self.embed(src_tokens) * self.embed_scale)  # (batch, src_len, embed_dim)
         finals_h, finals_c = [], []
         if self.first is not None:
             # x (batch, src_len, 2 hidden): both directions; h, c (2, batch, hidden)
@@ -175,6 +184,7 @@ class LSTMDecoder(nn.Module):
         self.cfg = cfg
         hidden = cfg.hidden_size
         self.embed = embed
+        self.embed_scale = math.sqrt(cfg.embed_dim) if cfg.scale_embeddings else 1.0
         self.dropout = nn.Dropout(cfg.dropout)
         input_size = cfg.embed_dim + hidden if cfg.input_feeding else cfg.embed_dim
         between = cfg.dropout if cfg.decoder_layers > 1 else 0.0
@@ -262,7 +272,7 @@ class LSTMDecoder(nn.Module):
     def forward(
         self, prev_tokens: Tensor, memory: EncoderOutput, state: DecoderState | None
     ) -> tuple[Tensor, DecoderState | None]:
-        embedded = self.dropout(self.embed(prev_tokens))  # (batch, tgt_len, embed_dim)
+        embedded = self.dropout(self.embed(prev_tokens) * self.embed_scale)  # (batch, tgt_len, embed_dim)
         if state is None:
             return self.logits(self.teacher_forced(embedded, memory)), None
         return self.logits(self.incremental(embedded, memory, state)), state
