@@ -44,8 +44,8 @@ TRANSFORMER = [
 # Measured: test BLEU 40.2, chrF 68.2.
 TRANSFORMER_BLEU = 25.0
 BASELINES = {
-    # Measured: test BLEU 22.9, chrF 58.1 (init=xavier, as lstm_tiny; Luong's uniform init sat at
-    # unigram loss for most of these steps at this size).
+    # Measured: test BLEU 84.0, chrF 93.9 (init=xavier and scale_embeddings, as lstm_tiny; 22.9 / 58.1
+    # with unscaled embeddings, and Luong's uniform init sat at unigram loss for most of these steps).
     "lstm": (
         [
             "model=lstm_tiny",
@@ -54,7 +54,7 @@ BASELINES = {
             "model.dropout=0.0",
             "trainer.lr=0.003",
         ],
-        12.0,
+        50.0,
     ),
     # Measured: test BLEU 29.5, chrF 60.1.
     "convs2s": (
