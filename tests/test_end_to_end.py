@@ -17,7 +17,7 @@ import pytest
 import sentencepiece as spm
 
 from tests.helpers import TINY_MODEL, files_overrides, run_cli, write_small_corpus
-from transformer_mt.training.checkpoint import load_checkpoint
+from transformer_mt.checkpoint import load_checkpoint
 
 SAMPLE_TRAINING = [
     "data.vocab_size=500",
@@ -154,7 +154,7 @@ def test_restricted_self_attention_trains_evaluates_and_translates(tmp_path):
     assert load_checkpoint(checkpoint)["model_config"]["attention_window"] == 2
 
     report = tmp_path / "report.json"
-    evaluated = run_cli("evaluate", f"checkpoint={checkpoint}", f"report={report}", "beam=2")
+    evaluated = run_cli("evaluate", f"checkpoint={checkpoint}", f"report={report}", "decoding.beam=2")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert re.search(r"sacreBLEU BLEU = [\d.]+", evaluated.stdout), evaluated.stdout
     assert json.loads(report.read_text())["lines"] == 40
