@@ -1,26 +1,33 @@
-"""The LSTM baseline: stacked LSTMs with global attention and input feeding.
+"""The LSTM baseline: stacked LSTMs with global attention, with or without input feeding.
 
 Luong, Pham and Manning (2015), "Effective Approaches to Attention-based Neural Machine
 Translation": a stacked LSTM encoder and decoder (section 3), global attention with the "general"
 score h_t^T W_a h_s (section 3.1), the attentional hidden state h~_t = tanh(W_c [c_t; h_t]) that
-feeds the softmax (eq. 5), and input feeding: h~_t is concatenated to the next step's input
-(section 3.3). `attention="bahdanau"` swaps in the additive score v^T tanh(W_1 h_s + W_2 h_t) of
-Bahdanau et al. (2015) (Luong's "concat") inside the same decoder.
+feeds the softmax (eq. 5), and optionally input feeding: h~_t is concatenated to the next step's
+input (section 3.3). `attention="bahdanau"` swaps in the additive score v^T tanh(W_1 h_s + W_2 h_t)
+of Bahdanau et al. (2015) (Luong's "concat") inside the same decoder.
 
 Where we differ from Luong: the first encoder layer is bidirectional (as in GNMT and fairseq's
 LSTM), its two directions concatenated and projected back to `hidden_size`, instead of reading the
-source reversed; source, target and output embeddings are tied (one joint vocabulary).
+source reversed; source, target and output embeddings are tied (one joint vocabulary), and with
+`scale_embeddings` multiplied by sqrt(embed_dim) on input, as in the Transformer.
 
 Decoder initial state: decoder layer l starts from the final (h, c) of encoder layer l (for the
 bidirectional first layer, the sum of its two directions' final states); decoder layers deeper than
 the encoder start from zeros. The first input-feeding vector is zeros.
 
-Because of input feeding, teacher-forced decoding must loop over time; the loop and incremental
-decoding share one step function, so both give the same logits.
+Teacher-forced decoding (training) takes one of two paths:
+- with input feeding, step t needs h~_{t-1}, so it loops over target positions, one small LSTM call
+  and one attention per position: the same step function as incremental decoding;
+- without it (`input_feeding=False`), the decoder LSTM runs over the whole target sequence in one
+  fused `nn.LSTM` call, then attention, W_c and the output layer for all positions at once (batched
+  matrix products, source padding masked). Incremental decoding still runs one position at a time,
+  and gives the same logits (tests/test_lstm.py).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -61,6 +68,12 @@ class LSTMConfig:
     # signals are so small that Adam spends hundreds of steps at unigram loss before the decoder
     # starts to use its inputs.
     init: str = "uniform"
+    # Multiply embeddings by sqrt(embed_dim) where they enter the encoder and decoder (not at the tied
+    # output), as the Transformer does (Vaswani et al. section 3.4). With init="xavier" the embeddings
+    # are N(0, 1/embed_dim), sized for the output layer: unscaled, the LSTMs' inputs are sqrt(embed_dim)
+    # times smaller than Glorot's matrices assume, and at 256/384 the decoder's output starts near 0.007
+    # (tests/test_lstm.py), so the model sits near unigram loss for hundreds of steps.
+    scale_embeddings: bool = False
     # None: any length. Optional, not `int | None`: OmegaConf reads these annotations.
     max_positions: Optional[int] = None  # noqa: UP045
 
@@ -120,6 +133,7 @@ class LSTMEncoder(nn.Module):
     def __init__(self, cfg: LSTMConfig, embed: nn.Embedding) -> None:
         super().__init__()
         self.embed = embed
+        self.embed_scale = math.sqrt(cfg.embed_dim) if cfg.scale_embeddings else 1.0
         self.dropout = nn.Dropout(cfg.dropout)
         hidden, rest_layers, rest_input = cfg.hidden_size, cfg.encoder_layers, cfg.embed_dim
         self.first: nn.LSTM | None = None
@@ -137,7 +151,7 @@ class LSTMEncoder(nn.Module):
 
         The LSTMs run over packed sequences, so no output of a real token depends on padding."""
         lengths = (~mask).sum(1).clamp(min=1).cpu()  # pack_padded_sequence wants lengths on the CPU
-        x = self.dropout(self.embed(src_tokens))  # (batch, src_len, embed_dim)
+        x = self.dropout(self.embed(src_tokens) * self.embed_scale)  # (batch, src_len, embed_dim)
         finals_h, finals_c = [], []
         if self.first is not None:
             # x (batch, src_len, 2 hidden): both directions; h, c (2, batch, hidden)
@@ -170,6 +184,7 @@ class LSTMDecoder(nn.Module):
         self.cfg = cfg
         hidden = cfg.hidden_size
         self.embed = embed
+        self.embed_scale = math.sqrt(cfg.embed_dim) if cfg.scale_embeddings else 1.0
         self.dropout = nn.Dropout(cfg.dropout)
         input_size = cfg.embed_dim + hidden if cfg.input_feeding else cfg.embed_dim
         between = cfg.dropout if cfg.decoder_layers > 1 else 0.0
@@ -206,10 +221,11 @@ class LSTMDecoder(nn.Module):
         return torch.tanh(self.combine(torch.cat([context, h], dim=-1)))
 
     def step(
-        self, embedded: Tensor, feed: Tensor, hidden: tuple[Tensor, Tensor], memory: EncoderOutput
+        self, embedded: Tensor, feed: Tensor | None, hidden: tuple[Tensor, Tensor], memory: EncoderOutput
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """One position: embedded (batch, embed_dim), feed (batch, hidden) -> h~ (batch, hidden)."""
-        x = torch.cat([embedded, feed], dim=-1) if self.cfg.input_feeding else embedded
+        """One position: embedded (batch, embed_dim), feed h~_{t-1} (batch, hidden) with input feeding
+        (None without) -> h~_t (batch, hidden) and the LSTM's new (h, c)."""
+        x = embedded if feed is None else torch.cat([embedded, feed], dim=-1)
         out, hidden = self.lstm(x.unsqueeze(1), hidden)  # (batch, 1, hidden)
         return self.attend(out, memory).squeeze(1), hidden
 
@@ -220,37 +236,46 @@ class LSTMDecoder(nn.Module):
             x = self.out_proj(x)
         return self.output(x)
 
+    def teacher_forced(self, embedded: Tensor, memory: EncoderOutput) -> Tensor:
+        """Every position: embedded (batch, tgt_len, embed_dim) -> h~ (batch, tgt_len, hidden)."""
+        hidden = self.initial_hidden(memory)
+        if not self.cfg.input_feeding:  # no feedback: one fused LSTM call over the whole sequence
+            out, _ = self.lstm(embedded, hidden)  # (batch, tgt_len, hidden)
+            return self.attend(out, memory)
+        feed = embedded.new_zeros(embedded.size(0), self.cfg.hidden_size)
+        outputs = []
+        for t in range(embedded.size(1)):  # h~_{t-1} enters step t: a loop over time
+            feed, hidden = self.step(embedded[:, t], feed, hidden, memory)
+            outputs.append(feed)
+        return torch.stack(outputs, dim=1)
+
+    def incremental(self, embedded: Tensor, memory: EncoderOutput, state: DecoderState) -> Tensor:
+        """The one new position: embedded (batch, 1, embed_dim) -> h~ (batch, 1, hidden); extends the
+        cache, which is batch-first (batch, layers, hidden) so that DecoderState.reorder works."""
+        if state.steps == 0:
+            h, c = self.initial_hidden(memory)
+        else:
+            h = state.cache["lstm.h"].transpose(0, 1).contiguous()
+            c = state.cache["lstm.c"].transpose(0, 1).contiguous()
+        feed = None
+        if self.cfg.input_feeding:  # h~ of the previous position, zeros before the first
+            feed = state.cache.get("lstm.feed")
+            if feed is None:
+                feed = embedded.new_zeros(embedded.size(0), self.cfg.hidden_size)
+        attentional, (h, c) = self.step(embedded[:, 0], feed, (h, c), memory)
+        state.cache["lstm.h"], state.cache["lstm.c"] = h.transpose(0, 1), c.transpose(0, 1)
+        if self.cfg.input_feeding:
+            state.cache["lstm.feed"] = attentional
+        state.steps += 1
+        return attentional.unsqueeze(1)
+
     def forward(
         self, prev_tokens: Tensor, memory: EncoderOutput, state: DecoderState | None
     ) -> tuple[Tensor, DecoderState | None]:
-        embedded = self.dropout(self.embed(prev_tokens))  # (batch, tgt_len, embed_dim)
+        embedded = self.dropout(self.embed(prev_tokens) * self.embed_scale)  # (batch, tgt_len, embed_dim)
         if state is None:
-            hidden = self.initial_hidden(memory)
-            if self.cfg.input_feeding:  # h~_{t-1} enters step t: loop over time
-                feed = embedded.new_zeros(embedded.size(0), self.cfg.hidden_size)
-                outputs = []
-                for t in range(embedded.size(1)):
-                    feed, hidden = self.step(embedded[:, t], feed, hidden, memory)
-                    outputs.append(feed)
-                attentional = torch.stack(outputs, dim=1)  # (batch, tgt_len, hidden)
-            else:  # no feedback: the whole sequence at once
-                out, _ = self.lstm(embedded, hidden)
-                attentional = self.attend(out, memory)
-            return self.logits(attentional), None
-
-        if state.steps == 0:
-            h, c = self.initial_hidden(memory)
-            feed = embedded.new_zeros(embedded.size(0), self.cfg.hidden_size)
-        else:  # the cache is batch-first (batch, layers, hidden) so DecoderState.reorder works
-            h = state.cache["lstm.h"].transpose(0, 1).contiguous()
-            c = state.cache["lstm.c"].transpose(0, 1).contiguous()
-            feed = state.cache["lstm.feed"]
-        feed, (h, c) = self.step(embedded[:, 0], feed, (h, c), memory)
-        state.cache["lstm.h"] = h.transpose(0, 1)
-        state.cache["lstm.c"] = c.transpose(0, 1)
-        state.cache["lstm.feed"] = feed
-        state.steps += 1
-        return self.logits(feed.unsqueeze(1)), state
+            return self.logits(self.teacher_forced(embedded, memory)), None
+        return self.logits(self.incremental(embedded, memory, state)), state
 
 
 class LSTMSeq2Seq(EncoderDecoder):
