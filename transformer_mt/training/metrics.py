@@ -37,8 +37,12 @@ class TrainingLog:
         _quiet_tensorboard_threads()
         with self._naming(self.events):
             self._writer = SummaryWriter(log_dir=str(self.events))
-        with self._naming(self.path):
-            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        try:
+            with self._naming(self.path):
+                self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        except OSError:
+            self.close()
+            raise
 
     @classmethod
     def silent(cls) -> TrainingLog:
