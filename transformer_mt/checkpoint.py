@@ -137,6 +137,7 @@ class InferenceModel:
     decoding: dict[str, Any]  # the decoding settings the run validated with ({} if it stored none)
     step: int | None
     path: Path
+    languages: tuple[str, str] | None = None  # (source, target) as the run's data config named them
 
 
 def load_for_inference(path: str | Path, device: str | torch.device = "cpu") -> InferenceModel:
@@ -149,6 +150,8 @@ def load_for_inference(path: str | Path, device: str | torch.device = "cpu") -> 
         model = build_model(model_config, vocab_size=len(vocab), pad_id=vocab.pad_id)
         params = state["model"]
         decoding = dict((state.get("config") or {}).get("decoding") or {})
+        data = (state.get("config") or {}).get("data") or {}
+        languages = (data["src_lang"], data["tgt_lang"]) if data.get("src_lang") and data.get("tgt_lang") else None
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as err:
         detail = f"no {err} entry" if isinstance(err, KeyError) else err
         raise CheckpointError(f"checkpoint {path} is incomplete or inconsistent ({detail})") from None
@@ -163,7 +166,9 @@ def load_for_inference(path: str | Path, device: str | torch.device = "cpu") -> 
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0]
         raise CheckpointError(f"checkpoint {path} does not fit its model config ({first})") from None
-    return InferenceModel(model.to(device).eval(), vocab, model_config, decoding, state.get("step"), path)
+    return InferenceModel(
+        model.to(device).eval(), vocab, model_config, decoding, state.get("step"), path, languages
+    )
 
 
 def average_checkpoints(paths: list[Path]) -> dict[str, Any]:

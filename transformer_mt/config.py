@@ -27,6 +27,7 @@ from transformer_mt.decoding.search import DecodingConfig
 from transformer_mt.models.convs2s import ConvS2SConfig
 from transformer_mt.models.lstm import LSTMConfig
 from transformer_mt.models.transformer import TransformerConfig
+from transformer_mt.serve.settings import ServerConfig
 from transformer_mt.training.trainer import TrainerConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -93,6 +94,20 @@ class TranslateConfig:
 
 
 @dataclass
+class ServeConfig:
+    """`serve`: a translation service over one checkpoint (needs the `serve` extra)."""
+
+    defaults: List[Any] = field(default_factory=_decoding_defaults)
+    checkpoint: Optional[str] = None
+    host: str = "127.0.0.1"  # 0.0.0.0 to listen on every interface
+    port: int = 8080
+    device: str = "auto"
+    precision: str = "fp32"
+    server: ServerConfig = field(default_factory=ServerConfig)  # batching window, limits, shutdown
+    decoding: DecodingConfig = MISSING  # the defaults of requests, as in translate
+
+
+@dataclass
 class AverageConfig:
     """`average`: the mean of the parameters of several checkpoints (paper section 6.1)."""
 
@@ -108,6 +123,7 @@ ROOTS = {
     "evaluate": EvaluateConfig,
     "translate": TranslateConfig,
     "average": AverageConfig,
+    "serve": ServeConfig,
 }
 
 

@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "decode a test set with beam search and score it with sacreBLEU (BLEU, chrF, signatures)",
     "translate": "translate raw text from stdin or a file, one output line per input line",
     "average": "average the parameters of the last N checkpoints (or a list) into one checkpoint",
+    "serve": "a translation service (HTTP, dynamic batching) and a page that shows attention",
     "bench": "benchmarks: `bench layers` (the paper's Table 1 measured)",
 }
 

@@ -32,13 +32,22 @@ def checkpoint_paths(value: Any) -> list[str]:
     return paths
 
 
-def load_translator(cfg: Any, overrides: list[str]) -> Translator:
-    """A Translator over the checkpoint (or ensemble) of an evaluate/translate config. It decodes as
-    the checkpoint's run validated, except for the `decoding.*` keys given on the command line."""
+def decoding_overrides(cfg: Any, overrides: list[str]) -> dict[str, Any]:
+    """The decoding settings the command line gives (`decoding.KEY=VALUE`, or all of a preset
+    chosen with `decoding=NAME`), to lay over those the checkpoint's run stored."""
     decoding = asdict(cfg.decoding)
     keys = explicit_keys(overrides, "decoding")
     if keys is not None:
         decoding = {key: value for key, value in decoding.items() if key in keys}
+    return decoding
+
+
+def load_translator(cfg: Any, overrides: list[str]) -> Translator:
+    """A Translator over the checkpoint (or ensemble) of an evaluate/translate config. It decodes as
+    the checkpoint's run validated, except for the `decoding.*` keys given on the command line."""
     return Translator.from_checkpoint(
-        checkpoint_paths(cfg.checkpoint), device=cfg.device, precision=cfg.precision, **decoding
+        checkpoint_paths(cfg.checkpoint),
+        device=cfg.device,
+        precision=cfg.precision,
+        **decoding_overrides(cfg, overrides),
     )

@@ -59,6 +59,10 @@ class Vocabulary:
     def pieces(self, text: str) -> list[str]:
         return self._sp.encode(text, out_type=str)
 
+    def id_pieces(self, ids: Iterable[int]) -> list[str]:
+        """The piece of each id, special ids included ("<s>", "</s>", ...)."""
+        return [self._sp.id_to_piece(int(i)) for i in ids]
+
 
 def train_vocabulary(
     lines: Iterable[str],

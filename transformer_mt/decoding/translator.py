@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +31,10 @@ from transformer_mt.runtime import autocast, local_runtime
 
 @dataclass
 class Translation(Hypothesis):
-    """A hypothesis with its detokenized text."""
+    """A hypothesis with its detokenized text and the source ids it translates (without EOS)."""
 
     text: str = ""
+    source: list[int] = field(default_factory=list)
 
 
 class Translator:
@@ -99,7 +100,7 @@ class Translator:
         sources: dict[int, list[int]] = {}  # line index -> source ids without EOS
         for index, line in enumerate(lines):
             if line.strip():
-                sources[index] = self._encode(index, line)
+                sources[index] = self.source_ids(line, index)
             else:
                 results[index] = [
                     Translation(tokens=[], score=0.0, logprob=0.0, positional_scores=[], text="")
@@ -119,10 +120,12 @@ class Translator:
                     pad_id=self.vocab.pad_id,
                 )
             for index, hyps in zip(indices, found, strict=True):
-                results[index] = [self._with_text(h) for h in hyps]
+                results[index] = [self._with_text(h, sources[index]) for h in hyps]
         return results
 
-    def _encode(self, index: int, line: str) -> list[int]:
+    def source_ids(self, line: str, index: int = 0) -> list[int]:
+        """The ids the search reads for `line` (without EOS), truncated to the model's positions with
+        a warning that names the line (`index` counts from 0)."""
         line = line.encode("utf-8", errors="replace").decode("utf-8")  # lone surrogates become "?"
         ids = self.vocab.encode(line)
         if self.max_positions is not None and len(ids) > self.max_positions - 1:
@@ -134,9 +137,9 @@ class Translator:
             ids = ids[:keep]
         return ids
 
-    def _with_text(self, hyp: Hypothesis) -> Translation:
+    def _with_text(self, hyp: Hypothesis, source: list[int]) -> Translation:
         return Translation(
-            hyp.tokens, hyp.score, hyp.logprob, hyp.positional_scores, self.vocab.decode(hyp.tokens)
+            hyp.tokens, hyp.score, hyp.logprob, hyp.positional_scores, self.vocab.decode(hyp.tokens), source
         )
 
 
