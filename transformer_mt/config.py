@@ -88,6 +88,7 @@ class TranslateConfig:
     checkpoint: Any = None
     input: Optional[str] = None  # default: standard input
     output: Optional[str] = None  # default: standard output
+    print_alignment: bool = False  # add each line's alignment from attention (decoding/alignment.py)
     device: str = "auto"
     precision: str = "fp32"
     decoding: DecodingConfig = MISSING  # as in evaluate

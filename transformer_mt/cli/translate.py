@@ -2,9 +2,13 @@
 
 Reads standard input (or input=FILE) and writes exactly one line per input line, in order, empty
 lines included (interactive, line by line, when standard input is a terminal). With decoding.nbest=K
-each input line gives K lines `INDEX<TAB>RANK<TAB>SCORE<TAB>TEXT` instead. The sentencepiece model travels
-inside the checkpoint, so the checkpoint path is all that is needed. Decodes as the checkpoint's run
-validated; `decoding.beam=5 decoding.lenpen=1.0 ...` override its settings."""
+each input line gives K lines `INDEX<TAB>RANK<TAB>SCORE<TAB>TEXT` instead. With print_alignment=true
+each output line ends in two more fields, `<TAB>PIECE_ALIGNMENT<TAB>WORD_ALIGNMENT`: for each target
+piece the source piece it attends to most (the last decoder layer's encoder-decoder attention,
+averaged over heads), as space-separated SOURCE-TARGET pairs of 0-based indices, then the same
+mapped to words (decoding/alignment.py). The sentencepiece model travels inside the checkpoint, so
+the checkpoint path is all that is needed. Decodes as the checkpoint's run validated;
+`decoding.beam=5 decoding.lenpen=1.0 ...` override its settings."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from collections.abc import Iterator
 from typing import BinaryIO, TextIO
 
 from transformer_mt.cli.common import load_config, load_translator
+from transformer_mt.decoding.alignment import Alignment, align
 from transformer_mt.decoding.translator import format_nbest
 
 CHUNK_LINES = 2000  # translate this many lines at a time: bounded memory on any input size
@@ -32,7 +37,10 @@ def main(overrides: list[str], show_help: bool) -> None:
         index = 0
         for chunk in _chunks(source, 1 if interactive else CHUNK_LINES):
             for hyps in translator.translate(chunk):
-                _write(sink, index, hyps, translator.cfg.nbest)
+                if cfg.print_alignment:
+                    _write_aligned(sink, index, hyps, translator.cfg.nbest, align(translator, hyps))
+                else:
+                    _write(sink, index, hyps, translator.cfg.nbest)
                 index += 1
             sink.flush()
     finally:
@@ -62,3 +70,15 @@ def _write(sink: TextIO, index: int, hyps: list, nbest: int) -> None:
             sink.write(f"{index}\t1\t0.0\t\n")
     else:
         sink.write((hyps[0].text if hyps else "") + "\n")
+
+
+def _write_aligned(sink: TextIO, index: int, hyps: list, nbest: int, alignments: list[Alignment]) -> None:
+    """print_alignment=true: each output line gains two fields, <TAB>PIECE_PAIRS<TAB>WORD_PAIRS
+    (`S-T` pairs of 0-based indices), both empty for an empty line."""
+    if nbest > 1:
+        rows = format_nbest(index, hyps).split("\n") if hyps else [f"{index}\t1\t0.0\t"]
+    else:
+        rows = [hyps[0].text if hyps else ""]
+    pairs = [a.format() for a in alignments] + [("", "")] * (len(rows) - len(alignments))
+    for row, (pieces, words) in zip(rows, pairs, strict=False):
+        sink.write(f"{row}\t{pieces}\t{words}\n")
