@@ -4,6 +4,7 @@
              of self-attention, restricted self-attention, LSTM and convolutions, over n and d
     train    training speed (tokens/s, MFU) of the presets against reference implementations
     decode   decoding speed (sentences/s, tokens/s) of greedy and beam search against references
+    serve    a loopback load test of `transformer-mt serve`: concurrent clients against one at a time
 
 `transformer-mt bench NAME --help` shows each benchmark's options and defaults."""
 
@@ -15,6 +16,7 @@ BENCHMARKS: dict[str, str] = {
     "layers": "transformer_mt.bench.layers",
     "train": "transformer_mt.bench.train",
     "decode": "transformer_mt.bench.decode",
+    "serve": "transformer_mt.bench.serve",
 }
 
 
