@@ -244,9 +244,12 @@ class LSTMDecoder(nn.Module):
         """(batch, tgt_len) -> (batch, tgt_len, embed_dim), scaled and dropped out."""
         return self.dropout(self.embed(prev_tokens) * self.embed_scale)
 
-    def teacher_forced(self, embedded: Tensor, memory: EncoderOutput) -> tuple[Tensor, Tensor]:
-        """Every position: embedded (batch, tgt_len, embed_dim) -> h~ (batch, tgt_len, hidden) and the
-        attention weights (batch, tgt_len, src_len)."""
+    def teacher_forced(self, embedded: Tensor, memory: EncoderOutput) -> Tensor:
+        """Every position: embedded (batch, tgt_len, embed_dim) -> h~ (batch, tgt_len, hidden)."""
+        return self.teacher_forced_with_weights(embedded, memory)[0]
+
+    def teacher_forced_with_weights(self, embedded: Tensor, memory: EncoderOutput) -> tuple[Tensor, Tensor]:
+        """`teacher_forced`, and the attention weights (batch, tgt_len, src_len) of every position."""
         hidden = self.initial_hidden(memory)
         if not self.cfg.input_feeding:  # no feedback: one fused LSTM call over the whole sequence
             out, _ = self.lstm(embedded, hidden)  # (batch, tgt_len, hidden)
@@ -284,7 +287,7 @@ class LSTMDecoder(nn.Module):
     ) -> tuple[Tensor, DecoderState | None]:
         embedded = self.embed_tokens(prev_tokens)  # (batch, tgt_len, embed_dim)
         if state is None:
-            return self.logits(self.teacher_forced(embedded, memory)[0]), None
+            return self.logits(self.teacher_forced(embedded, memory)), None
         return self.logits(self.incremental(embedded, memory, state)), state
 
 
@@ -365,7 +368,8 @@ class LSTMSeq2Seq(EncoderDecoder):
         """`forward` with the global attention weights a_t (Luong eq. 7): one "layer", one "head"."""
         self._check_length(prev_tokens.size(1), "the target")
         memory = self.encode(src_tokens)
-        attentional, weights = self.decoder.teacher_forced(self.decoder.embed_tokens(prev_tokens), memory)
+        embedded = self.decoder.embed_tokens(prev_tokens)
+        attentional, weights = self.decoder.teacher_forced_with_weights(embedded, memory)
         return AttentionWeights(logits=self.decoder.logits(attentional), cross=[weights.unsqueeze(1)])
 
     def forward_flops(self, batch_size: int, src_len: int, tgt_len: int) -> int:
