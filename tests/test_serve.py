@@ -216,9 +216,9 @@ def test_a_full_queue_is_503_with_retry_after(checkpoint):
     batcher = Batcher(held_decode, api.settings_key, window_s=0.0, max_queue=1, max_batch_lines=256)
     with TestClient(app.create_app(service, batcher)) as client, ThreadPoolExecutor(2) as pool:
         first = pool.submit(client.post, "/translate", json={"text": [SAMPLE_SENTENCES[0]]})
-        wait_until(lambda: batcher.pending == 1 and batcher._queue.qsize() == 0)  # the worker holds it
+        wait_until(lambda: batcher.pending == 1 and batcher.queued == 0)  # the worker holds it
         second = pool.submit(client.post, "/translate", json={"text": [SAMPLE_SENTENCES[1]]})
-        wait_until(lambda: batcher._queue.qsize() == 1)  # queued: the queue is full
+        wait_until(lambda: batcher.queued == 1)  # queued: the queue is full
         refused = client.post("/translate", json={"text": [SAMPLE_SENTENCES[2]]})
         assert refused.status_code == 503 and refused.headers["retry-after"] == "3"
         assert "queue is full" in refused.json()["error"]

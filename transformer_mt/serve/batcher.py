@@ -102,6 +102,11 @@ class Batcher:
         return self._queue.qsize() + self._busy
 
     @property
+    def queued(self) -> int:
+        """Requests waiting for the worker (at most `max_queue`)."""
+        return self._queue.qsize()
+
+    @property
     def accepting(self) -> bool:
         return self._accepting
 
