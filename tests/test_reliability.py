@@ -618,3 +618,84 @@ def test_ddp_survives_a_dead_rank_resumes_and_stops_together(straight, corpus, t
     saved = ckpt.load_checkpoint(run / "checkpoints/checkpoint_last.pt")
     assert resume_from < stopped_at == saved["step"] and len(saved["rng"]) == 2
     assert "stopped: SIGTERM received" in (run / "train.log").read_text()
+
+
+# ----------------------------------------------------------------------------- commands that must not destroy a file
+
+
+def test_an_output_that_is_an_input_is_refused_before_anything_is_written(straight, tmp_path, capsys):
+    """`translate input=F output=F` used to empty F, and `evaluate output=REF` to overwrite the
+    reference: the same file by any name (a hard or a symbolic link too) is refused first."""
+    checkpoint = straight / "checkpoints/checkpoint_last.pt"
+    source, reference = tmp_path / "src.txt", tmp_path / "ref.txt"
+    source.write_text("the dog sees the house\na man\n")
+    reference.write_text("der Hund sieht das Haus\nein Mann\n")
+    os.link(source, tmp_path / "hard.txt")
+    (tmp_path / "soft.txt").symlink_to(source)
+    for output in (source, tmp_path / "hard.txt", tmp_path / "soft.txt"):
+        error = cli_error(capsys, ["translate", f"checkpoint={checkpoint}", f"input={source}", f"output={output}"])
+        assert f"output={output} is the same file as input={source}" in error, error
+    error = cli_error(capsys, ["translate", f"checkpoint={checkpoint}", f"input={source}", f"output={checkpoint}"])
+    assert "is the same file as checkpoint=" in error
+    evaluate = ["evaluate", f"checkpoint={checkpoint}", f"input={source}", f"reference={reference}"]
+    error = cli_error(capsys, [*evaluate, f"output={reference}"])
+    assert f"output={reference} is the same file as reference={reference}" in error
+    error = cli_error(capsys, [*evaluate, f"report={tmp_path / 'hard.txt'}"])
+    assert "is the same file as input=" in error
+    assert source.read_text() == "the dog sees the house\na man\n"
+    assert reference.read_text() == "der Hund sieht das Haus\nein Mann\n"
+    assert os.readlink(tmp_path / "soft.txt") == str(source)
+
+
+def test_translate_output_replaces_the_file_only_when_done(straight, tmp_path):
+    """The translation goes to a temporary file beside output= and is renamed at the end: a translate
+    killed half-way (here waiting for more input on a pipe) leaves the previous file whole."""
+    checkpoint = straight / "checkpoints/checkpoint_last.pt"
+    output = tmp_path / "out.txt"
+    output.write_text("the previous translation\n")
+    output.chmod(0o640)
+    fifo = tmp_path / "input.fifo"
+    os.mkfifo(fifo)
+    command = [sys.executable, "-m", "transformer_mt", "translate", f"checkpoint={checkpoint}"]
+    translating = Background([*command, f"input={fifo}", f"output={output}", "decoding.beam=1"])
+    with open(fifo, "w") as feed:
+        feed.write("the dog sees the house\n" * 3)
+        feed.flush()
+        time.sleep(3)  # the model is loaded and the first lines read; it waits for the rest
+        translating.process.kill()
+        assert translating.finish() == -signal.SIGKILL
+    assert output.read_text() == "the previous translation\n"
+
+    (tmp_path / "in.txt").write_text("the dog sees the house\n\na man\n")
+    before = set(tmp_path.iterdir())  # with the kill's temporary file (kill -9 leaves it; it is hidden)
+    result = run_cli("translate", f"checkpoint={checkpoint}", f"input={tmp_path / 'in.txt'}", f"output={output}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert output.read_text().count("\n") == 3 and output.stat().st_mode & 0o777 == 0o640
+    assert set(tmp_path.iterdir()) == before  # the finished run's temporary file became out.txt
+
+
+def test_translate_warns_on_one_line_naming_the_line_of_the_whole_input(straight):
+    """Lines are translated 2,000 at a time: the truncation warning counts from the start of the
+    input, not of the chunk, and is one line on stderr (not Python's two-line warning)."""
+    lines = [""] * 2500 + ["the dog sees the house " * 300, "a man"]
+    result = run_cli(
+        "translate", f"checkpoint={straight / 'checkpoints/checkpoint_last.pt'}", "decoding.beam=1",
+        "decoding.max_len_a=0", "decoding.max_len_b=3", stdin="\n".join(lines) + "\n",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("\n") == len(lines)
+    assert result.stderr.strip().splitlines() == [
+        "transformer-mt: warning: input line 2501: 3000 subword tokens do not fit the model's "
+        "max_positions=1024; translating only the first 1023"
+    ], result.stderr
+
+
+def test_nbest_gives_k_lines_for_every_input_line_even_an_empty_one(straight):
+    result = run_cli(
+        "translate", f"checkpoint={straight / 'checkpoints/checkpoint_last.pt'}", "decoding.beam=3",
+        "decoding.nbest=2", stdin="the dog\n\n   \na man\n",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert [(index, rank) for index, rank, *_ in rows] == [(str(i), str(r)) for i in range(4) for r in (1, 2)]
+    assert rows[2] == rows[3][:1] + ["1"] + rows[3][2:] and rows[2][3] == ""  # the empty line's translation, twice

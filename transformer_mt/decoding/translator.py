@@ -94,13 +94,15 @@ class Translator:
         models = [item.model for item in loaded]
         return cls(models, first.vocab, cfg, device=runtime.device, precision=precision, warn=warn)
 
-    def translate(self, lines: Sequence[str]) -> list[list[Translation]]:
-        """For each line, up to `cfg.nbest` translations, best first (exactly one list per line)."""
+    def translate(self, lines: Sequence[str], *, first_line: int = 1) -> list[list[Translation]]:
+        """For each line, up to `cfg.nbest` translations, best first (exactly one list per line).
+        `first_line` is the 1-based number of `lines[0]` in the whole input, for the warnings of
+        a caller that translates a long input in chunks."""
         results: list[list[Translation]] = [[] for _ in lines]
         sources: dict[int, list[int]] = {}  # line index -> source ids without EOS
         for index, line in enumerate(lines):
             if line.strip():
-                sources[index] = self.source_ids(line, index)
+                sources[index] = self.source_ids(line, first_line - 1 + index)
             else:
                 results[index] = [
                     Translation(tokens=[], score=0.0, logprob=0.0, positional_scores=[], text="")
