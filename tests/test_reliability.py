@@ -699,3 +699,72 @@ def test_nbest_gives_k_lines_for_every_input_line_even_an_empty_one(straight):
     rows = [line.split("\t") for line in result.stdout.splitlines()]
     assert [(index, rank) for index, rank, *_ in rows] == [(str(i), str(r)) for i in range(4) for r in (1, 2)]
     assert rows[2] == rows[3][:1] + ["1"] + rows[3][2:] and rows[2][3] == ""  # the empty line's translation, twice
+
+
+def test_average_never_replaces_a_training_checkpoint(straight, tmp_path, capsys):
+    """`average output=RUN/checkpoints/checkpoint_last.pt` used to replace the training state (the next
+    train failed with KeyError 'optimizer')."""
+    run = tmp_path / "run"
+    shutil.copytree(straight / "checkpoints", run / "checkpoints")
+    last = run / "checkpoints/checkpoint_last.pt"
+    before = last.read_bytes()
+    for name in ("checkpoint_last.pt", "checkpoint_best.pt", "checkpoint_20.pt"):
+        error = cli_error(capsys, ["average", f"output_dir={run}", f"output={run / 'checkpoints' / name}"], one_line=True)
+        assert f"{name} is a name training uses for its own checkpoints" in error, error
+    shutil.copy(last, tmp_path / "state.pt")
+    error = cli_error(capsys, ["average", f"output_dir={run}", f"output={tmp_path / 'state.pt'}"], one_line=True)
+    assert "is a training checkpoint" in error
+    (tmp_path / "notes.txt").write_text("my notes\n")
+    error = cli_error(capsys, ["average", f"output_dir={run}", f"output={tmp_path / 'notes.txt'}"], one_line=True)
+    assert "exists and is not a checkpoint" in error
+    error = cli_error(capsys, ["average", f"output_dir={run}", "last=0"], one_line=True)
+    assert "last=0 must be at least 1" in error
+    assert last.read_bytes() == before and (tmp_path / "notes.txt").read_text() == "my notes\n"
+
+    steps = len(ckpt.step_checkpoints(run / "checkpoints"))
+    for _ in range(2):  # and again over its own previous average
+        result = run_cli("average", f"output_dir={run}", "last=10")
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert f"holds {steps} step checkpoint(s), fewer than last=10; averaging those {steps}" in result.stderr
+    assert "optimizer" not in ckpt.load_checkpoint(run / "checkpoints/checkpoint_avg_last10.pt")
+
+
+def test_average_refuses_mismatched_and_malformed_checkpoints_in_one_line(straight, tmp_path, capsys):
+    good = straight / "checkpoints/checkpoint_last.pt"
+    state = ckpt.load_checkpoint(good)
+    other_vocab = train_vocabulary([f"w{i} v{i}" for i in range(300)], tmp_path / "spm", vocab_size=200, num_threads=1)
+    first_name = next(iter(state["model"]))
+    wider = {**state["model"], first_name: torch.zeros(3, 5)}
+    cases = {
+        "other_vocab": ({**state, "sentencepiece": other_vocab.to_bytes()}, "their vocabularies differ (piece "),
+        "other_shape": ({**state, "model": wider}, f"tensor {first_name!r} is {tuple(state['model'][first_name].shape)}"),
+        "no_model": ({k: v for k, v in state.items() if k != "model"}, "holds no model parameters"),
+        "not_tensors": ({**state, "model": {"w": "text"}}, "model entry 'w' is not a tensor"),
+    }
+    for name, (content, message) in cases.items():
+        path = tmp_path / f"{name}.pt"
+        ckpt.save_checkpoint(content, path)
+        error = cli_error(capsys, ["average", f"checkpoints=[{good},{path}]", f"output={tmp_path}/avg.pt"], one_line=True)
+        assert message in error, error
+        if name.startswith("other"):
+            assert f"cannot average {good} and {path}" in error
+    assert not (tmp_path / "avg.pt").exists()
+
+
+def test_runs_on_the_same_data_in_other_folders_resume_and_ensemble(straight, corpus, tmp_path, capsys):
+    """A vocabulary prepared from the same data in another folder is the same vocabulary (its
+    serialized model differs only in the paths it records): a checkpoint copied there resumes
+    bit-exact, and checkpoints of both folders make an ensemble."""
+    moved = tmp_path / "elsewhere/run"
+    result = run_cli("prepare", *files_overrides(corpus), f"output_dir={moved}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (moved / "data/spm.model").read_bytes() != (straight / "data/spm.model").read_bytes()
+    (moved / "checkpoints").mkdir()
+    shutil.copy(straight / "checkpoints/checkpoint_8.pt", moved / "checkpoints/checkpoint_last.pt")
+    result = run_cli("train", *train_args(moved, corpus))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_parameters(moved, straight)
+
+    checkpoints = f"checkpoint=[{straight / 'checkpoints/checkpoint_last.pt'},{moved / 'checkpoints/checkpoint_last.pt'}]"
+    result = run_cli("translate", checkpoints, "decoding.beam=2", stdin="the dog sees the house\n")
+    assert result.returncode == 0 and result.stdout.count("\n") == 1, result.stderr[-3000:]

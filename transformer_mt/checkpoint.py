@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from transformer_mt.data.vocab import Vocabulary
+from transformer_mt.data.vocab import Vocabulary, vocabulary_difference
 from transformer_mt.models import EncoderDecoder, build_model
 
 FORMAT = "transformer-mt/1"
@@ -174,18 +174,23 @@ def load_for_inference(path: str | Path, device: str | torch.device = "cpu") -> 
 def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
     """A checkpoint whose model parameters are the mean of those of `paths` (paper section 6.1).
 
-    Everything else (config, vocabulary) is taken from the last checkpoint; the optimiser state is
-    dropped, since an average is for decoding, not for resuming.
+    The checkpoints must hold the same vocabulary and the same tensors (names, shapes, dtypes);
+    otherwise a `CheckpointError` names the two files and the first difference. Everything else
+    (config, vocabulary) is taken from the last checkpoint; the optimiser state is dropped, since an
+    average is for decoding, not for resuming.
     """
     if not paths:
         raise CheckpointError("no checkpoints to average")
     total: dict[str, torch.Tensor] = {}
+    first: dict[str, Any] = {}
     last: dict[str, Any] = {}
     for path in paths:
         last = load_checkpoint(path)
-        params = last["model"]
-        if total and params.keys() != total.keys():
-            raise CheckpointError(f"{path} holds a different model from {paths[0]}; cannot average")
+        params = _model_tensors(last, path)
+        if not first:
+            first = last
+        else:
+            _check_same_model(first, paths[0], last, path)
         for name, tensor in params.items():
             if not tensor.is_floating_point():
                 total[name] = tensor.clone()
@@ -202,3 +207,38 @@ def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
     averaged["model"] = model
     averaged["averaged_from"] = [str(p) for p in paths]
     return averaged
+
+
+def _model_tensors(state: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:
+    params = state.get("model")
+    if not isinstance(params, dict) or not params:
+        raise CheckpointError(f"checkpoint {path} holds no model parameters")
+    for name, tensor in params.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise CheckpointError(f"checkpoint {path}: model entry {name!r} is not a tensor")
+    return params
+
+
+def _check_same_model(a: dict[str, Any], path_a: Path, b: dict[str, Any], path_b: Path) -> None:
+    """A CheckpointError naming both files unless `a` and `b` hold one vocabulary and the same tensors."""
+    cannot = f"cannot average {path_a} and {path_b}"
+    vocab_a, vocab_b = a.get("sentencepiece"), b.get("sentencepiece")
+    if vocab_a != vocab_b and (difference := vocabulary_difference(vocab_a, vocab_b)):
+        raise CheckpointError(f"{cannot}: their vocabularies differ ({difference})")
+    params_a, params_b = a["model"], b["model"]
+    for name in [*params_a, *(n for n in params_b if n not in params_a)]:
+        if name not in params_a or name not in params_b:
+            where = path_a if name in params_a else path_b
+            raise CheckpointError(f"{cannot}: tensor {name!r} is only in {where}")
+    for name, tensor in params_a.items():  # in the model's own order: the first that differs
+        other = params_b[name]
+        if tensor.shape != other.shape or tensor.dtype != other.dtype:
+            raise CheckpointError(
+                f"{cannot}: tensor {name!r} is {tuple(tensor.shape)} {tensor.dtype} in the first and "
+                f"{tuple(other.shape)} {other.dtype} in the second"
+            )
+
+
+def is_training_checkpoint(state: dict[str, Any]) -> bool:
+    """Whether a checkpoint holds a training run's state (what `train` resumes from), not only a model."""
+    return "optimizer" in state

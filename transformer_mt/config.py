@@ -117,6 +117,10 @@ class AverageConfig:
     checkpoints: Optional[List[str]] = None  # or these files
     output: Optional[str] = None  # default: <output_dir>/checkpoints/checkpoint_avg_last<N>.pt
 
+    def __post_init__(self) -> None:
+        if self.last < 1:
+            raise ValueError(f"last={self.last} must be at least 1 (the number of checkpoints to average)")
+
 
 ROOTS = {
     "prepare": TrainRunConfig,

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from transformer_mt.checkpoint import CheckpointError, load_for_inference
-from transformer_mt.data.vocab import Vocabulary
+from transformer_mt.data.vocab import Vocabulary, vocabulary_difference
 from transformer_mt.decoding.search import DecodingConfig, Hypothesis, generate
 from transformer_mt.models.interface import EncoderDecoder
 from transformer_mt.runtime import autocast, local_runtime
@@ -86,9 +86,9 @@ class Translator:
         loaded = [load_for_inference(path, runtime.device) for path in paths]
         first = loaded[0]
         for other in loaded[1:]:
-            if other.vocab.to_bytes() != first.vocab.to_bytes():
+            if difference := vocabulary_difference(other.vocab, first.vocab):
                 raise CheckpointError(
-                    f"{other.path} uses a different vocabulary from {first.path}; cannot ensemble"
+                    f"{other.path} uses a different vocabulary from {first.path} ({difference}); cannot ensemble"
                 )
         cfg = DecodingConfig.from_stored(first.decoding, **decoding)
         models = [item.model for item in loaded]
