@@ -364,7 +364,7 @@ def test_broken_and_mismatched_checkpoints_are_one_line_from_translate(straight,
         if isinstance(content, bytes):
             path.write_bytes(content)
         else:
-            torch.save(content, path)
+            ckpt.save_checkpoint(content, path)
         bad[name] = (path, message)
 
     write("empty", b"", "is empty")
@@ -768,3 +768,25 @@ def test_runs_on_the_same_data_in_other_folders_resume_and_ensemble(straight, co
     checkpoints = f"checkpoint=[{straight / 'checkpoints/checkpoint_last.pt'},{moved / 'checkpoints/checkpoint_last.pt'}]"
     result = run_cli("translate", checkpoints, "decoding.beam=2", stdin="the dog sees the house\n")
     assert result.returncode == 0 and result.stdout.count("\n") == 1, result.stderr[-3000:]
+
+
+def test_corrupt_bytes_model_less_checkpoints_and_folders_are_one_line(straight, tmp_path, capsys):
+    """A flipped byte in a tensor used to translate silently; a checkpoint with the format tag but
+    no model gave KeyError tracebacks in evaluate; a run folder as checkpoint= said "not found"."""
+    good = straight / "checkpoints/checkpoint_last.pt"
+    state = ckpt.load_checkpoint(good)
+    data = bytearray(good.read_bytes())
+    tensor = next(t for t in state["model"].values() if t.numel() > 1000)
+    data[data.find(tensor.numpy().tobytes()) + 2000] ^= 0x01
+    (tmp_path / "flipped.pt").write_bytes(bytes(data))
+    error = cli_error(capsys, ["translate", f"checkpoint={tmp_path / 'flipped.pt'}"], one_line=True)
+    assert f"checkpoint {tmp_path / 'flipped.pt'} is corrupt" in error
+
+    (tmp_path / "elsewhere").mkdir()
+    ckpt.save_checkpoint({"format": ckpt.FORMAT}, tmp_path / "elsewhere/tag_only.pt")
+    for command in ("evaluate", "translate"):
+        error = cli_error(capsys, [command, f"checkpoint={tmp_path / 'elsewhere/tag_only.pt'}"], one_line=True)
+        assert str(tmp_path / "elsewhere/tag_only.pt") in error and "KeyError" not in error, error
+
+    error = cli_error(capsys, ["translate", f"checkpoint={straight}"], one_line=True)
+    assert error.endswith(f"is a directory, not a checkpoint file; pass a file in it, e.g. checkpoint={straight / 'checkpoints/checkpoint_best.pt'}")
