@@ -41,6 +41,41 @@ def test_bad_config_is_one_clear_error_before_any_work(tmp_path, override, messa
     assert not (tmp_path / "run").exists()  # nothing was started
 
 
+@pytest.mark.parametrize(
+    "command, override, message",
+    [
+        ("train", "+trainer.max_step=1", "unknown key trainer.max_step (did you mean trainer.max_steps?)"),
+        ("train", "trainer.max_step=1", "unknown key trainer.max_step (did you mean trainer.max_steps?)"),
+        ("train", "+model.windw=3", "unknown key model.windw (did you mean model.attention_window?)"),
+        ("prepare", "++data.vocab=500", "unknown key data.vocab (did you mean data.vocab_size?)"),
+        ("train", "+foo=1", "unknown key foo; known keys: data, model, trainer, decoding, output_dir"),
+        ("train", "+trainer.foo=1", "unknown key trainer.foo; trainer's keys: max_tokens, update_freq,"),
+        ("train", "trainer.lenpn=1", "unknown key trainer.lenpn (did you mean decoding.lenpen?)"),
+        ("evaluate", "beam=5", "unknown key beam (did you mean decoding.beam?)"),
+        ("evaluate", "lenpen=1.6", "unknown key lenpen (did you mean decoding.lenpen?)"),
+        ("translate", "nbest=2", "unknown key nbest (did you mean decoding.nbest?)"),
+        ("translate", "+decoding.bem=2", "unknown key decoding.bem (did you mean decoding.beam?)"),
+        ("average", "+lst=3", "unknown key lst (did you mean last?)"),
+    ],
+)
+def test_unknown_keys_are_refused_with_or_without_plus_and_the_closest_is_suggested(command, override, message):
+    """`+key=value` used to add a key that nothing reads (silently ignored); a misspelt key without
+    `+` was refused, with Hydra's advice to add it with `+`. Both now say what was probably meant."""
+    with pytest.raises(ConfigError) as err:
+        compose_config(command, [override])
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def test_an_unknown_key_is_one_line_from_every_command(tmp_path):
+    for command, typo in [("prepare", "+data.vocab=100"), ("train", "+trainer.max_step=1"), ("evaluate", "+bem=2"),
+                          ("translate", "+decoding.nbst=2"), ("average", "+lst=2")]:  # fmt: skip
+        output_dir = [f"output_dir={tmp_path / 'run'}"] if command in ("prepare", "train") else []
+        result = run_cli(command, typo, *output_dir)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert result.stderr.count("\n") == 1 and "(did you mean" in result.stderr, result.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_unknown_command_is_refused():
     result = run_cli("fly")
     assert result.returncode == 2 and "unknown command" in result.stderr
