@@ -30,6 +30,7 @@ def test_command_help_shows_the_config():
         ("trainer.update_freq=0", "update_freq"),
         ("trainer.precision=fp8", "precision"),
         ("trainer.max_minutes=-5", "max_minutes"),
+        ("trainer.lr=-1", "trainer.lr must be a positive number, got -1.0"),
     ],
 )
 def test_bad_config_is_one_clear_error_before_any_work(tmp_path, override, message):
@@ -74,6 +75,39 @@ def test_an_unknown_key_is_one_line_from_every_command(tmp_path):
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert result.stderr.count("\n") == 1 and "(did you mean" in result.stderr, result.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("trainer.lr=0", "trainer.lr must be a positive number"),  # -1 trained by gradient ascent
+        ("trainer.lr=nan", "trainer.lr must be a positive number"),
+        ("trainer.lr_scale=-2", "trainer.lr_scale must be a positive number"),
+        ("trainer.adam_eps=0", "trainer.adam_eps must be a positive number"),
+        ("trainer.adam_betas=[0.9,1.0]", "trainer.adam_betas must both be in [0, 1)"),
+        ("trainer.weight_decay=-0.01", "trainer.weight_decay must be 0 or a positive number"),
+        ("trainer.clip_norm=-1", "trainer.clip_norm must be 0 or a positive number"),
+        ("trainer.min_lr=-1e-5", "trainer.min_lr must be 0 or a positive number"),
+        ("trainer.max_minutes=inf", "trainer.max_minutes must be 0 or a positive number"),
+        ("trainer.keep_last=-1", "trainer.keep_last must be 0 or more"),
+        ("trainer.patience=-1", "trainer.patience must be 0 or more"),
+        ("trainer.max_epochs=-1", "trainer.max_epochs must be 0 or more"),
+        ("trainer.seed=-1", "trainer.seed must be 0 or more"),
+        ("trainer.valid_bleu_sentences=0", "trainer.valid_bleu_sentences must be at least 1"),
+        ("trainer.peak_flops=0", "trainer.peak_flops must be positive"),
+        ("data.character_coverage=0", "data.character_coverage must be in (0, 1]"),
+        ("data.max_len=0", "data.max_len (0) and data.max_chars (4096) must be at least 1"),
+        ("data.max_len_ratio=inf", "max_len_ratio (inf) >= 1"),
+        ("decoding.max_len_a=nan", "max_len_a=nan"),
+        ("decoding.temperature=inf", "temperature=inf must be a positive number"),
+        ("model.dropout=nan", "dropout=nan must be in [0, 1)"),
+        ("model.heads=0", "heads=0 must be a positive integer"),
+    ],
+)
+def test_values_that_make_no_sense_are_refused_naming_the_key(override, message):
+    with pytest.raises(ConfigError) as err:
+        to_objects(compose_config("train", [override]))
+    assert message in str(err.value)
 
 
 def test_unknown_command_is_refused():
