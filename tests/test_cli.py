@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_cli
+from tests.helpers import TINY_MODEL, files_overrides, run_cli, write_small_corpus
 from transformer_mt.config import CONFIG_DIR, ConfigError, compose_config, explicit_keys, to_objects
 
 
@@ -108,6 +108,38 @@ def test_values_that_make_no_sense_are_refused_naming_the_key(override, message)
     with pytest.raises(ConfigError) as err:
         to_objects(compose_config("train", [override]))
     assert message in str(err.value)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(corpus, checkpoint) of a one-step run of a tiny model, made by the CLI."""
+    folder = tmp_path_factory.mktemp("tiny")
+    corpus = write_small_corpus(folder / "corpus", train_size=200)
+    run = folder / "run"
+    quick = ["trainer.max_steps=1", "trainer.max_tokens=512", "trainer.valid_bleu=false", "trainer.device=cpu"]
+    result = run_cli("train", *files_overrides(corpus), *TINY_MODEL, *quick, f"output_dir={run}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return corpus, run / "checkpoints/checkpoint_last.pt"
+
+
+@pytest.mark.parametrize("command", ["translate", "evaluate"])
+@pytest.mark.parametrize(
+    "device, message",
+    [
+        ("gpu", "device='gpu' is not one of: auto, cpu, cuda"),  # was a RuntimeError traceback
+        ("cuda", "device=cuda but no CUDA device is visible; use device=cpu"),  # was an AssertionError
+    ],
+)
+def test_decoding_commands_refuse_a_device_they_cannot_use_in_one_line(tiny_run, command, device, message):
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible here")
+    corpus, checkpoint = tiny_run
+    files = [f"input={corpus}/test.en", f"reference={corpus}/test.de"] if command == "evaluate" else []
+    result = run_cli(command, f"checkpoint={checkpoint}", f"device={device}", *files, stdin="a dog\n")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip() == f"transformer-mt {command}: error: {message}"
 
 
 def test_unknown_command_is_refused():
