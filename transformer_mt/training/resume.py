@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from transformer_mt import checkpoint as ckpt
-from transformer_mt.data.vocab import Vocabulary
+from transformer_mt.data.vocab import Vocabulary, vocabulary_difference
 from transformer_mt.training.run import TrainingError, TrainingRun
 
 RESUMABLE = ("model", "model_config", "sentencepiece", "optimizer", "scaler", "sampler", "rng", "step")
@@ -157,10 +157,10 @@ def _differing_keys(saved: dict[str, Any], ours: dict[str, Any]) -> str:
 
 
 def _check_vocabulary(saved: dict[str, Any], vocab: Vocabulary, path: Path, *, fix: str) -> None:
-    if saved.get("sentencepiece") != vocab.to_bytes():  # the same size would load, and train on garbage
+    if difference := vocabulary_difference(saved.get("sentencepiece"), vocab):  # same size: trains on garbage
         raise TrainingError(
             f"{path} was trained with another sentencepiece vocabulary than the one prepared in the output_dir "
-            f"(did the data or data.vocab_size change?); {fix}"
+            f"({difference}; did the data or data.vocab_size change?); {fix}"
         )
 
 
