@@ -1,6 +1,7 @@
 """Binarized token arrays: subword ids on disk, memory-mapped for training.
 
-One array is two files, in the manner of fairseq's mmap datasets:
+`encode_pairs` streams text pairs through sentencepiece into two arrays (source, target). One array
+is two files, in the manner of fairseq's mmap datasets:
 - `<name>.bin`: every sequence's ids back to back, uint16 when the vocabulary has fewer than 65536
   entries (it always does for the paper's 37000 and 32000 merges), else int32;
 - `<name>.idx`: int64 offsets in .npy format; sequence i is `bin[offsets[i]:offsets[i + 1]]`.
@@ -9,14 +10,22 @@ Sequences hold the ids without BOS or EOS (docs/design.md); `collate` adds them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from itertools import chain
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from itertools import chain, islice
 from pathlib import Path
+from queue import Queue
+from threading import Thread
+from typing import TypeVar
 
 import numpy as np
 
 from transformer_mt.data.batching import Batch, collate
+from transformer_mt.data.vocab import Vocabulary
+
+T = TypeVar("T")
+CHUNK_PAIRS = 50_000  # pairs encoded per call: large enough to keep the threads busy, small in memory
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -81,6 +90,81 @@ class TokenArrayWriter:
 def write_token_array(prefix: str | Path, sequences: Sequence[Sequence[int]], *, vocab_size: int) -> None:
     with TokenArrayWriter(prefix, vocab_size=vocab_size) as writer:
         writer.add(sequences)
+
+
+def encode_pairs(
+    pairs: Iterator[tuple[str, str]],
+    vocab: Vocabulary,
+    prefixes: Sequence[Path],
+    *,
+    texts: Sequence[Path] | None = None,
+    workers: int = 1,
+    spent: dict[str, float] | None = None,
+    progress: Callable[[int], object] = lambda n: None,
+) -> dict[str, int]:
+    """Encode (source, target) pairs chunk by chunk on `workers` threads into the token arrays
+    `prefixes` (source, target), and the text itself into `texts` if given. Reading the pairs (Python)
+    runs in a thread ahead of encoding (sentencepiece releases the GIL). Adds to `spent` the seconds
+    spent waiting for text ("read"), encoding ("sentencepiece") and writing ("write")."""
+    spent = spent if spent is not None else {}
+    for part in ("read", "sentencepiece", "write"):
+        spent.setdefault(part, 0.0)
+    writers = [TokenArrayWriter(prefix, vocab_size=len(vocab)) for prefix in prefixes]
+    with ExitStack() as files:
+        sinks = [files.enter_context(open(p, "w", encoding="utf-8", newline="\n")) for p in texts or ()]
+        chunks = _in_background(_chunks(pairs, CHUNK_PAIRS))
+        while True:
+            tick = time.perf_counter()
+            chunk = next(chunks, None)
+            spent["read"] += (now := time.perf_counter()) - tick
+            if chunk is None:
+                break
+            sources, targets = [src for src, _ in chunk], [tgt for _, tgt in chunk]
+            ids = vocab.encode_batch(sources + targets, num_threads=workers)
+            spent["sentencepiece"] += (tick := time.perf_counter()) - now
+            writers[0].add(ids[: len(chunk)])
+            writers[1].add(ids[len(chunk) :])
+            for path, sink, lines in zip(texts or (), sinks, (sources, targets), strict=False):
+                with naming_the_file(path):
+                    sink.write("\n".join(lines) + "\n")
+            spent["write"] += time.perf_counter() - tick
+            progress(len(chunk))
+        tick = time.perf_counter()
+        for path, sink in zip(texts or (), sinks, strict=True):
+            with naming_the_file(path):
+                sink.close()
+    count = writers[0].close()
+    writers[1].close()
+    spent["write"] += time.perf_counter() - tick
+    return {"pairs": count, "src_tokens": writers[0].num_tokens, "tgt_tokens": writers[1].num_tokens}
+
+
+def _chunks(items: Iterator[T], size: int) -> Iterator[list[T]]:
+    while chunk := list(islice(items, size)):
+        yield chunk
+
+
+def _in_background(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """Run the iterator `items` in a thread, up to `depth` items ahead of the consumer, so that reading
+    and cleaning text (Python) overlaps with encoding it (sentencepiece releases the GIL)."""
+    queue: Queue = Queue(maxsize=depth)
+
+    def produce() -> None:
+        try:
+            for item in items:
+                queue.put((True, item))
+            queue.put((False, None))
+        except BaseException as err:  # handed to the consumer, raised there
+            queue.put((False, err))
+
+    Thread(target=produce, daemon=True).start()
+    while True:
+        more, item = queue.get()
+        if not more:
+            if item is not None:
+                raise item
+            return
+        yield item
 
 
 class TokenArray:
