@@ -88,20 +88,10 @@ def test_prepare_writes_every_split_and_the_references(corpus, tmp_path):
     manifest = json.loads((tmp_path / "run" / "data" / "manifest.json").read_text())
     assert manifest["splits"]["train"]["pairs"] == 298 and manifest["cleaning"]["too_long"] == 1
     assert manifest["vocab_sha256"] and manifest["config_sha256"] and len(manifest["key"]["inputs"]) == 6
-    stages = {
-        "hash",
-        "check",
-        "clean",
-        "vocab",
-        "encode",
-        "encode_read",
-        "encode_sentencepiece",
-        "encode_write",
-    }
+    stages = {"hash", "check", "clean", "vocab", "encode", "encode_read", "encode_sentencepiece", "encode_write"}
     assert stages | {"total"} == set(manifest["seconds"])
-    assert (
-        sum(manifest["seconds"][s] for s in ("encode_read", "encode_sentencepiece", "encode_write"))
-        <= (manifest["seconds"]["encode"])
+    assert sum(manifest["seconds"][s] for s in ("encode_read", "encode_sentencepiece", "encode_write")) <= (
+        manifest["seconds"]["encode"]
     )
 
 
@@ -319,19 +309,10 @@ def _prepare_with_file_size_limit(tmp_path, limit: int, corpus: Path) -> tuple[i
         "from transformer_mt.cli import main\n"
         "main(sys.argv[1:])\n"
     )
-    args = [
-        "data=files",
-        f"data.train={corpus}",
-        f"data.valid={corpus}",
-        f"data.test={corpus}",
-        "data.vocab_size=60",
-    ]
+    args = ["data=files", f"data.train={corpus}", f"data.valid={corpus}", f"data.test={corpus}", "data.vocab_size=60"]
     result = subprocess.run(
         [sys.executable, "-c", code, "prepare", *args, f"output_dir={tmp_path / 'run'}"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=300,
+        capture_output=True, text=True, cwd=REPO, timeout=300,
     )
     return result.returncode, result.stderr
 
@@ -345,9 +326,7 @@ def test_a_full_disk_names_the_file_it_could_not_write(tmp_path):
     code, stderr = _prepare_with_file_size_limit(tmp_path, 280_000, prefix)
     lines = stderr.strip().splitlines()
     assert code == 2 and len(lines) == 1, stderr
-    assert "File too large" in lines[0] and str(tmp_path / "run" / "data" / "train.en.bin") in lines[0], (
-        stderr
-    )
+    assert "File too large" in lines[0] and str(tmp_path / "run" / "data" / "train.en.bin") in lines[0], stderr
     # Below the model's size: sentencepiece writes it cut short without saying so; we do, naming it.
     code, stderr = _prepare_with_file_size_limit(tmp_path, 100_000, prefix)
     assert code == 2 and str(tmp_path / "run" / "data" / "spm.model") in stderr, stderr
@@ -373,13 +352,8 @@ def test_corpus_presets_find_their_files_under_the_data_root_from_anywhere(tmp_p
     assert result.returncode == 0, result.stderr
     manifest = json.loads((elsewhere / "run" / "data" / "manifest.json").read_text())
     assert sorted(manifest["key"]["inputs"])[0] == str(tmp_path / "corpora" / "multi30k" / "test.de")
-    explicit = run_cli(
-        *args[:-1],
-        f"data.root={tmp_path / 'corpora'}",
-        "output_dir=run2",
-        cwd=elsewhere,
-        env={"TRANSFORMER_MT_DATA": str(tmp_path / "nowhere")},
-    )
+    explicit = run_cli(*args[:-1], f"data.root={tmp_path / 'corpora'}", "output_dir=run2", cwd=elsewhere,
+                       env={"TRANSFORMER_MT_DATA": str(tmp_path / "nowhere")})
     assert explicit.returncode == 0, explicit.stderr
 
 
@@ -432,11 +406,8 @@ def _first_log(corpus: DataConfig, output_dir: Path) -> str:
 def test_a_given_sentencepiece_model_with_other_ids_gets_ours_and_segments_as_before(corpus, tmp_path):
     # sentencepiece's default layout (unk 0, bos 1, eos 2, no pad), as many pretrained systems ship it
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(_corpus_lines(corpus)),
-        model_prefix=str(tmp_path / "theirs"),
-        vocab_size=50,
-        model_type="unigram",
-        minloglevel=2,
+        sentence_iterator=iter(_corpus_lines(corpus)), model_prefix=str(tmp_path / "theirs"),
+        vocab_size=50, model_type="unigram", minloglevel=2,
     )
     theirs = spm.SentencePieceProcessor(model_file=str(tmp_path / "theirs.model"))
     assert (theirs.pad_id(), theirs.unk_id(), theirs.bos_id(), theirs.eos_id()) == (-1, 0, 1, 2)
@@ -457,15 +428,8 @@ def test_a_given_model_is_adopted_without_protobuf_installed(corpus, tmp_path):
     # sentencepiece's generated sentencepiece_model_pb2 refuses every protobuf runtime but its own
     # (7.36 for sentencepiece 0.2.1): the package, and adopting a model, must not need it.
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(_corpus_lines(corpus)),
-        model_prefix=str(tmp_path / "theirs"),
-        vocab_size=50,
-        model_type="bpe",
-        pad_id=3,
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        minloglevel=2,
+        sentence_iterator=iter(_corpus_lines(corpus)), model_prefix=str(tmp_path / "theirs"),
+        vocab_size=50, model_type="bpe", pad_id=3, unk_id=0, bos_id=1, eos_id=2, minloglevel=2,
     )
     script = (
         "import sys; sys.modules['google.protobuf'] = None\n"  # `import google.protobuf` now fails
@@ -512,11 +476,7 @@ def _wmt14_split(n: int, seed: int) -> datasets.Dataset:
 @pytest.fixture(scope="module")
 def saved_wmt14(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("wmt14") / "de-en"
-    splits = {
-        "train": _wmt14_split(200_000, 0),
-        "validation": _wmt14_split(300, 1),
-        "test": _wmt14_split(300, 2),
-    }
+    splits = {"train": _wmt14_split(200_000, 0), "validation": _wmt14_split(300, 1), "test": _wmt14_split(300, 2)}
     datasets.DatasetDict(splits).save_to_disk(str(path), max_shard_size="2MB")  # several Arrow files
     assert len(list((path / "train").glob("*.arrow"))) > 1
     return path
@@ -540,14 +500,8 @@ def test_wmt14_schema_streams_200k_pairs_without_holding_the_split_in_python(sav
 
 
 def test_wmt14_schema_prepares_at_200k_pairs(saved_wmt14, tmp_path):
-    cfg = DataConfig(
-        source="hf",
-        hf_path=str(saved_wmt14),
-        vocab_size=80,
-        spm_train_lines=4000,
-        workers=2,
-        max_len_ratio=1.5,
-    )
+    cfg = DataConfig(source="hf", hf_path=str(saved_wmt14), vocab_size=80, spm_train_lines=4000, workers=2,
+                     max_len_ratio=1.5)
     data = prepare_data(cfg, tmp_path / "run", log=lambda _: None)
     assert len(data.dataset("train")) == data.manifest["cleaning"]["kept"] > 150_000
     assert [len(data.dataset(s)) for s in ("valid", "test")] == [300, 300]

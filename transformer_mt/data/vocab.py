@@ -113,35 +113,7 @@ def vocabulary_difference(a: Vocabulary | bytes | None, b: Vocabulary | bytes | 
 # sentencepiece_model.proto: ModelProto's messages, and the TrainerSpec fields that only say how
 # training ran (not how text becomes ids) by number.
 _MODEL_FIELDS = {1: "pieces", 2: "trainer_spec", 3: "normalizer_spec", 5: "denormalizer_spec"}
-_TRAINING_ONLY = {
-    1,
-    2,
-    4,
-    5,
-    6,
-    7,
-    10,
-    11,
-    12,
-    13,
-    14,
-    15,
-    16,
-    17,
-    18,
-    19,
-    20,
-    32,
-    33,
-    34,
-    36,
-    49,
-    50,
-    51,
-    52,
-    54,
-    55,
-}
+_TRAINING_ONLY = {1, 2, 4, 5, 6, 7, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 32, 33, 34, 36, 49, 50, 51, 52, 54, 55}
 _TRAINER_FIELDS = {
     3: "model_type", 21: "split_by_unicode_script", 22: "split_by_whitespace", 23: "split_by_number",
     24: "treat_whitespace_as_suffix", 25: "split_digits", 26: "allow_whitespace_only_pieces",
