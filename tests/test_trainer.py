@@ -11,6 +11,7 @@ import torch
 
 from tests.helpers import TINY_MODEL, files_overrides, run_cli, write_small_corpus
 from transformer_mt.checkpoint import load_checkpoint
+from transformer_mt.data.sample import write_sample
 
 QUICK = [
     "trainer.max_tokens=512",
@@ -159,3 +160,24 @@ def test_target_bleu_stops_at_the_first_validation_that_reaches_it_and_logs_time
     assert f"stopped: reached target_bleu=0.3: valid BLEU {bleus[-1][1]:.2f} at step {bleus[-1][0]}" in result.stderr
     assert re.search(r"time to target BLEU 0\.3: \d+\.\d min of training .* \d\.\d{3}e\+\d+ FLOPs", result.stderr)
     assert load_checkpoint(run / "checkpoints/checkpoint_last.pt")["step"] == bleus[-1][0]
+
+
+def test_init_from_fine_tunes_on_another_corpus_with_the_checkpoints_vocabulary(prepared, corpus, tmp_path):
+    """Another corpus is encoded with the source run's sentencepiece model (data.spm_model), so that
+    trainer.init_from accepts it; a vocabulary trained on that corpus instead is refused in one line."""
+    source = fresh_run(prepared, tmp_path, "source")
+    train(source, corpus, "trainer.max_steps=2")
+    weights = source / "checkpoints/checkpoint_last.pt"
+    other = write_sample(tmp_path / "other", seed=11, train_size=300, valid_size=20, test_size=20)
+
+    tuned = tmp_path / "tuned"
+    init = [f"trainer.init_from={weights}", "trainer.max_steps=2"]
+    result = train(tuned, other, f"data.spm_model={source / 'data/spm.model'}", *init)
+    assert f"initialised from {weights} (step 2 of its run)" in result.stderr
+    assert load_checkpoint(tuned / "checkpoints/checkpoint_last.pt")["sentencepiece"] == (
+        load_checkpoint(weights)["sentencepiece"]
+    )
+
+    own = tmp_path / "own_vocabulary"
+    refused = run_cli("train", *files_overrides(other), *TINY_MODEL, *QUICK, f"output_dir={own}", *init)
+    assert refused.returncode == 2 and "another sentencepiece vocabulary" in refused.stderr.strip().splitlines()[-1]
