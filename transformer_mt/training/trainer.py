@@ -180,7 +180,7 @@ def maybe_log(run: TrainingRun, result: StepResult) -> None:
     log.info(
         f"step {state.step} | epoch {metrics['epoch']:.2f} | loss {metrics['loss']:.3f} | "
         f"nll {metrics['nll']:.3f} | ppl {metrics['ppl']:.2f} | lr {result.lr:.3g} | gnorm {result.grad_norm:.3f} | "
-        f"tok/s {metrics['tokens_per_second']:.0f} | data wait {metrics['data_wait_share']:.1%} | "
+        f"tok/s {metrics['tokens_per_second']:.0f} | data wait {metrics['data_wait_share']:.2%} | "
         f"eta {_duration((cfg.max_steps - state.step) * metrics['seconds_per_step'])}"
         + (f" | loss scale {metrics['loss_scale']:g}" if run.scaler.is_enabled() else "")
         + (f" | skipped {state.skipped_steps}" if state.skipped_steps else "")
