@@ -49,5 +49,6 @@ def load_translator(cfg: Any, overrides: list[str]) -> Translator:
         checkpoint_paths(cfg.checkpoint),
         device=cfg.device,
         precision=cfg.precision,
+        quantize=cfg.quantize,
         **decoding_overrides(cfg, overrides),
     )

@@ -4,7 +4,8 @@ By default the prepared `split` (test) of the run the checkpoint came from; or a
 with input=FILE reference=FILE. Decodes as the checkpoint's run validated (its `decoding` settings,
 e.g. the preset's length penalty); `decoding.beam=5 decoding.lenpen=1.0 ...` override them. Prints BLEU and chrF with their signatures (and, with
 tokenized_bleu=true, the paper's tokenized BLEU with compound splitting, labelled as such);
-report=PATH.json writes the scores, signatures, decoding settings, checkpoint, line count and speed."""
+report=PATH.json writes the scores, signatures, decoding settings, checkpoint, line count and speed.
+quantize=int8 decodes with int8 linear layers on a CPU."""
 
 from __future__ import annotations
 
@@ -53,6 +54,7 @@ def main(overrides: list[str], show_help: bool) -> None:
             "decoding": dataclasses.asdict(translator.cfg),
             "device": cfg.device,
             "precision": cfg.precision,
+            "quantize": cfg.quantize,
         }
         Path(cfg.report).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
