@@ -176,7 +176,7 @@ class Workload:
         pieces, then made-up names for the ids it does not fill (random sentences: all of them)."""
         known = ["<pad>", "<unk>", "<s>", "</s>"]
         if self.vocab is not None:
-            known = [self.vocab.piece(i) for i in range(len(self.vocab))]
+            known = self.vocab.id_pieces(range(len(self.vocab)))
         return known + [f"<extra{i}>" for i in range(len(known), vocab_size)]
 
     @property
