@@ -409,14 +409,14 @@ def _row(
 
 def add_targets(rows: list[dict[str, Any]], device: torch.device) -> None:
     """`vs_hf`: our sentences/s over transformers' at the same beam and precision (the random
-    MarianMT, else our HF export), against the issue's target (CPU: 2x with beams, 1.5x greedy; GPU: 3x). Our int8 rows: `vs_ct2_fp32`, over
-    CTranslate2's fp32 at the same beam (the random Marian conversion, else our export), target 1x."""
+    MarianMT, else our HF export), against the issue's target (CPU: 2x with beams, 1.5x greedy; GPU:
+    3x). Our int8 rows: `vs_ct2_fp32`, over CTranslate2's fp32 at the same beam (the random Marian
+    conversion, else our export), target 1x."""
 
     def find(system: str, beam: int, precision: str) -> dict[str, Any] | None:
+        wanted = (NAMES[system], beam, precision, "ok")
         for other in rows:
-            if (other["system"], other["beam"], other["precision"], other["status"]) == (
-                NAMES[system], beam, precision, "ok"
-            ):
+            if (other["system"], other["beam"], other["precision"], other["status"]) == wanted:
                 return other
         return None
 

@@ -14,6 +14,8 @@ import sys
 from collections.abc import Callable
 from importlib import import_module
 
+from transformer_mt import __version__
+
 COMMANDS: dict[str, str] = {
     "prepare": "clean a parallel corpus, train the joint sentencepiece model, binarize train/valid/test",
     "train": "train a model (prepares the data first when needed); resumes from checkpoint_last.pt",
@@ -26,6 +28,7 @@ COMMANDS: dict[str, str] = {
 }
 
 USAGE = """usage: transformer-mt COMMAND [key=value ...] [--help]
+       transformer-mt --version
 
 Commands:
 {commands}
@@ -55,6 +58,9 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         sys.exit(0 if argv else 2)
+    if argv[0] in ("-V", "--version"):
+        print(f"transformer-mt {__version__}")
+        sys.exit(0)
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print(f"transformer-mt: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)

@@ -5,6 +5,7 @@ with input=FILE reference=FILE. Decodes as the checkpoint's run validated (its `
 e.g. the preset's length penalty); `decoding.beam=5 decoding.lenpen=1.0 ...` override them. Prints BLEU and chrF with their signatures (and, with
 tokenized_bleu=true, the paper's tokenized BLEU with compound splitting, labelled as such);
 report=PATH.json writes the scores, signatures, decoding settings, checkpoint, line count and speed.
+output= and report= are written to a temporary file and renamed; one that is an input is refused.
 quantize=int8 decodes with int8 linear layers on a CPU."""
 
 from __future__ import annotations
@@ -15,8 +16,15 @@ import sys
 import time
 from pathlib import Path
 
-from transformer_mt.checkpoint import load_checkpoint
-from transformer_mt.cli.common import checkpoint_paths, load_config, load_translator
+from transformer_mt.checkpoint import CheckpointError, load_checkpoint
+from transformer_mt.cli.common import (
+    checkpoint_inputs,
+    checkpoint_paths,
+    load_config,
+    load_translator,
+    refuse_overwriting,
+    replace_when_done,
+)
 from transformer_mt.data.prepare import load_prepared
 from transformer_mt.decoding.scoring import corpus_scores, format_scores
 
@@ -27,6 +35,8 @@ def main(overrides: list[str], show_help: bool) -> None:
         return
     paths = checkpoint_paths(cfg.checkpoint)
     src_path, ref_path, tgt_lang = _test_files(cfg, paths[0])
+    inputs = {"input": src_path, "reference": ref_path, **checkpoint_inputs(cfg.checkpoint)}
+    refuse_overwriting({"output": cfg.output, "report": cfg.report}, inputs)
     sources = _read_lines(src_path)
     references = _read_lines(ref_path)
     if len(sources) != len(references):
@@ -41,7 +51,8 @@ def main(overrides: list[str], show_help: bool) -> None:
     print(f"{len(sources)} sentences in {seconds:.1f} s ({len(sources) / max(seconds, 1e-9):.1f} sentences/s)",
           file=sys.stderr)
     if cfg.output:
-        Path(cfg.output).write_text("".join(h + "\n" for h in hypotheses), encoding="utf-8")
+        with replace_when_done(cfg.output) as sink:
+            sink.write("".join(h + "\n" for h in hypotheses))
     if cfg.report:
         report = {
             "scores": scores,
@@ -56,7 +67,8 @@ def main(overrides: list[str], show_help: bool) -> None:
             "precision": cfg.precision,
             "quantize": cfg.quantize,
         }
-        Path(cfg.report).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        with replace_when_done(cfg.report) as sink:
+            sink.write(json.dumps(report, indent=2) + "\n")
 
 
 def _test_files(cfg, checkpoint: str) -> tuple[Path, Path, str | None]:
@@ -69,7 +81,13 @@ def _test_files(cfg, checkpoint: str) -> tuple[Path, Path, str | None]:
     # from its data; then the output_dir stored in the checkpoint (relative to where training ran).
     run_dir = Path(checkpoint).resolve().parent.parent
     if not (run_dir / "data").is_dir():
-        run_dir = Path(load_checkpoint(checkpoint)["config"]["output_dir"])
+        stored = load_checkpoint(checkpoint).get("config")
+        if not isinstance(stored, dict) or not isinstance(stored.get("output_dir"), str):
+            raise CheckpointError(
+                f"checkpoint {checkpoint} does not say which run made it (no config.output_dir) and has no "
+                "data/ folder beside it; give input=FILE reference=FILE"
+            )
+        run_dir = Path(stored["output_dir"])
     data = load_prepared(run_dir)
     src, tgt = data.text_paths(cfg.split)
     return Path(src), Path(tgt), data.tgt_lang

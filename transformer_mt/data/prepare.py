@@ -84,7 +84,14 @@ class DataConfig:
             raise ValueError(f"data.src_lang and data.tgt_lang are both {self.src_lang!r}")
         if self.vocab_size <= 4 or self.spm_train_lines < 2 or self.workers < 1:
             raise ValueError("data.vocab_size must be > 4, data.spm_train_lines >= 2 and data.workers >= 1")
-        if not 0 <= self.min_len <= self.max_len or self.max_len_ratio < 1:
+        if not 0.0 < self.character_coverage <= 1.0:
+            raise ValueError(f"data.character_coverage must be in (0, 1], got {self.character_coverage}")
+        if self.max_len < 1 or self.max_chars < 1 or self.seed < 0:
+            raise ValueError(
+                f"data.max_len ({self.max_len}) and data.max_chars ({self.max_chars}) must be at least 1, "
+                f"data.seed ({self.seed}) 0 or more"
+            )
+        if not 0 <= self.min_len <= self.max_len or not 1 <= self.max_len_ratio < float("inf"):
             raise ValueError(
                 f"data: need 0 <= min_len ({self.min_len}) <= max_len ({self.max_len}) and "
                 f"max_len_ratio ({self.max_len_ratio}) >= 1"

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from transformer_mt.checkpoint import CheckpointError, load_for_inference
-from transformer_mt.data.vocab import Vocabulary
+from transformer_mt.data.vocab import Vocabulary, vocabulary_difference
 from transformer_mt.decoding.quantize import check_quantize, quantize_int8
 from transformer_mt.decoding.search import DecodingConfig, Hypothesis, generate
 from transformer_mt.models.interface import EncoderDecoder
@@ -90,9 +90,9 @@ class Translator:
         loaded = [load_for_inference(path, runtime.device) for path in paths]
         first = loaded[0]
         for other in loaded[1:]:
-            if other.vocab.to_bytes() != first.vocab.to_bytes():
+            if difference := vocabulary_difference(other.vocab, first.vocab):
                 raise CheckpointError(
-                    f"{other.path} uses a different vocabulary from {first.path}; cannot ensemble"
+                    f"{other.path} uses a different vocabulary from {first.path} ({difference}); cannot ensemble"
                 )
         cfg = DecodingConfig.from_stored(first.decoding, **decoding)
         models = [item.model for item in loaded]
@@ -100,13 +100,15 @@ class Translator:
             models = [quantize_int8(model) for model in models]
         return cls(models, first.vocab, cfg, device=runtime.device, precision=precision, warn=warn)
 
-    def translate(self, lines: Sequence[str]) -> list[list[Translation]]:
-        """For each line, up to `cfg.nbest` translations, best first (exactly one list per line)."""
+    def translate(self, lines: Sequence[str], *, first_line: int = 1) -> list[list[Translation]]:
+        """For each line, up to `cfg.nbest` translations, best first (exactly one list per line).
+        `first_line` is the 1-based number of `lines[0]` in the whole input, for the warnings of
+        a caller that translates a long input in chunks."""
         results: list[list[Translation]] = [[] for _ in lines]
         sources: dict[int, list[int]] = {}  # line index -> source ids without EOS
         for index, line in enumerate(lines):
             if line.strip():
-                sources[index] = self.source_ids(line, index)
+                sources[index] = self.source_ids(line, first_line - 1 + index)
             else:
                 results[index] = [
                     Translation(tokens=[], score=0.0, logprob=0.0, positional_scores=[], text="")
