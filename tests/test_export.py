@@ -13,6 +13,10 @@ run on (their limit is one number per batch); scores within 1e-5; beam 4 BLEU 34
 from __future__ import annotations
 
 import json
+import os
+import re
+import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -21,7 +25,7 @@ import sacrebleu
 import torch
 from omegaconf import OmegaConf
 
-from tests.helpers import run_cli, trained_sample_run
+from tests.helpers import REPO, run_cli, trained_sample_run
 from transformer_mt import checkpoint as ckpt
 from transformer_mt.checkpoint import load_for_inference
 from transformer_mt.config import compose_config
@@ -288,3 +292,53 @@ def test_unknown_format_and_quantization_are_refused(post_run, tmp_path):
         export_checkpoint(checkpoint_of(post_run), "onnx", tmp_path / "x")
     with pytest.raises(ExportError, match="int4"):
         export_checkpoint(checkpoint_of(post_run), "ctranslate2", tmp_path / "y", quantization="int4")
+
+
+# ------------------------------------------------------------------------------------ the README
+
+
+def readme_export_blocks() -> tuple[list[list[str]], str]:
+    """The README's export section: its `transformer-mt export` commands (arguments after the
+    command) and its Python block, as a user would copy them."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Export to CTranslate2 or Hugging Face", 1)[1].split("\n### ", 1)[0]
+    bash = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    python = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    commands = [
+        shlex.split(line, comments=True)[1:]
+        for line in bash.splitlines()
+        if line.startswith("transformer-mt ")
+    ]
+    return commands, python
+
+
+def test_the_readme_export_commands_and_python_translate_as_we_do(post_run, tmp_path):
+    """A user's path: the README's export commands, then its Python, run as written (relative output
+    folders, from_pretrained offline), with the checkpoint paths pointing at the trained sample."""
+    commands, python = readme_export_blocks()
+    assert {c[2] for c in commands} >= {"format=ctranslate2", "format=huggingface"}, commands
+    for arguments in commands:
+        assert arguments[0] == "export" and arguments[1].startswith("checkpoint="), arguments
+        result = run_cli(
+            "export", f"checkpoint={checkpoint_of(post_run)}", *arguments[2:], cwd=tmp_path, timeout=300
+        )
+        assert result.returncode == 0, (arguments, result.stderr[-3000:])
+    int8 = next(c for c in commands if "quantization=int8" in c)
+    folder = tmp_path / next(a for a in int8 if a.startswith("output=")).split("=", 1)[1]
+    assert json.loads((folder / INFO_FILE).read_text())["quantization"] == "int8"
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    ran = subprocess.run(
+        [sys.executable, "-c", python], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    printed = ran.stdout.splitlines()
+    sources = re.findall(r'sp\.encode\("([^"]+)"', python) + re.findall(r'tokenizer\(\["([^"]+)"\]', python)
+    assert len(printed) == len(sources) == 2, (printed, sources)
+    # The CTranslate2 lines of the README use its default length penalty (1.0), the Hugging Face
+    # ones the exported generation config (the run's beam 4 and length penalty 0.6).
+    expected = [
+        ours(checkpoint_of(post_run), [sources[0]], beam=4, lenpen=1.0)[0].text,
+        ours(checkpoint_of(post_run), [sources[1]], beam=4, lenpen=0.6)[0].text,
+    ]
+    assert printed == expected
