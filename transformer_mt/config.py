@@ -75,7 +75,10 @@ class EvaluateConfig:
     reference: Optional[str] = None
     output: Optional[str] = None  # write the hypotheses here
     report: Optional[str] = None  # write scores, signatures and settings here as JSON
-    tokenized_bleu: bool = False
+    tokenized_bleu: bool = False  # also the paper's BLEU (Moses tokenizer, compound splitting; needs sacremoses)
+    # The reference's language, for sacreBLEU and the Moses tokenizer; default: the prepared data's,
+    # or the reference file's suffix (newstest2014.de).
+    target_lang: Optional[str] = None
     device: str = "auto"
     precision: str = "fp32"
     quantize: Optional[str] = None  # int8: int8 linear layers, for decoding on a CPU

@@ -76,7 +76,14 @@ def _test_files(cfg, checkpoint: str) -> tuple[Path, Path, str | None]:
     if cfg.input or cfg.reference:
         if not (cfg.input and cfg.reference):
             raise ValueError("give both input=FILE and reference=FILE, or neither (to use the prepared split)")
-        return Path(cfg.input), Path(cfg.reference), None
+        suffix = Path(cfg.reference).suffix.lstrip(".")
+        lang = cfg.target_lang or (suffix if suffix.isalpha() and len(suffix) == 2 else None)  # ISO 639-1
+        if lang is None and cfg.tokenized_bleu:
+            raise ValueError(
+                f"tokenized_bleu=true needs the reference's language for the Moses tokenizer: name it with "
+                f"target_lang=de (or a reference file ending in .de), not {cfg.reference!r}"
+            )
+        return Path(cfg.input), Path(cfg.reference), lang
     # The run folder is the checkpoint's grandparent (RUN/checkpoints/X.pt) unless it was moved away
     # from its data; then the output_dir stored in the checkpoint (relative to where training ran).
     run_dir = Path(checkpoint).resolve().parent.parent
@@ -90,7 +97,7 @@ def _test_files(cfg, checkpoint: str) -> tuple[Path, Path, str | None]:
         run_dir = Path(stored["output_dir"])
     data = load_prepared(run_dir)
     src, tgt = data.text_paths(cfg.split)
-    return Path(src), Path(tgt), data.tgt_lang
+    return Path(src), Path(tgt), cfg.target_lang or data.tgt_lang
 
 
 def _read_lines(path: Path) -> list[str]:

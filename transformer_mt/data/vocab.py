@@ -2,6 +2,9 @@
 
 Special ids are fixed for every model: pad 0, unk 1, bos 2, eos 3. The trained model is kept as
 bytes as well as a file, so that a checkpoint can carry it and `translate` needs nothing else.
+`adopt_vocabulary` takes an existing model instead (`data.spm_model`, e.g. one shipped with a
+pretrained system): its pieces, scores and normalisation stay as they are, so it segments text
+exactly as before; only its special pieces are moved to our ids when they sit elsewhere.
 
 Two vocabularies are the same when they turn text into the same ids and back (`vocabulary_difference`):
 the same pieces with the same scores and types, the same normalization and the same encoding options.
@@ -12,6 +15,7 @@ differ.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,7 @@ from typing import Any
 import sentencepiece as spm
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+SPECIALS = ("pad", "unk", "bos", "eos")  # in the order of their ids
 
 
 class Vocabulary:
@@ -144,8 +149,14 @@ def _piece_text(piece: bytes) -> str:
 
 def _wire_fields(message: bytes) -> list[tuple[int, bytes]]:
     """The (field number, encoded value) pairs of a protobuf message, in order."""
+    return [(number, value) for number, value, _ in _wire_spans(message)]
+
+
+def _wire_spans(message: bytes) -> list[tuple[int, bytes, bytes]]:
+    """(field number, encoded value, the whole field with its key) for each field, in order."""
     fields, pos = [], 0
     while pos < len(message):
+        field_start = pos
         key, pos = _varint(message, pos)
         number, wire_type = key >> 3, key & 7
         start = pos
@@ -162,7 +173,7 @@ def _wire_fields(message: bytes) -> list[tuple[int, bytes]]:
             raise ValueError(f"unexpected protobuf wire type {wire_type}")
         if pos > len(message):
             raise ValueError("truncated protobuf message")
-        fields.append((number, message[start:pos]))
+        fields.append((number, message[start:pos], message[field_start:pos]))
     return fields
 
 
@@ -209,4 +220,129 @@ def train_vocabulary(
         hard_vocab_limit=False,
         minloglevel=2,
     )
-    return Vocabulary.from_file(f"{model_prefix}.model")
+    path = Path(f"{model_prefix}.model")
+    try:
+        return Vocabulary.from_file(path)
+    except ValueError:  # sentencepiece does not report a failed write: the file is cut short
+        raise OSError(
+            f"{path}: sentencepiece wrote an unreadable model ({path.stat().st_size} bytes); is the disk "
+            "full or a file size limit set?"
+        ) from None
+
+
+def special_ids(model_proto: bytes) -> tuple[int, int, int, int]:
+    """The (pad, unk, bos, eos) ids of a serialized sentencepiece model; -1 where it has none."""
+    sp = spm.SentencePieceProcessor(model_proto=model_proto)
+    return sp.pad_id(), sp.unk_id(), sp.bos_id(), sp.eos_id()
+
+
+def adopt_vocabulary(path: str | Path, model_prefix: str | Path) -> tuple[Vocabulary, str]:
+    """An existing sentencepiece model as our vocabulary, written to `<prefix>.model` and `.vocab`.
+
+    A model with our special ids is copied unchanged. Any other has its four special pieces moved to
+    ids 0-3 (pad, unk, bos, eos; a control piece is added for one it lacks, e.g. the pad of
+    sentencepiece's default layout unk 0, bos 1, eos 2, no pad); every other piece keeps its text,
+    score and type, in its order, so the model splits text exactly as before, with its ids shifted.
+    Returns the vocabulary and a line for the log that says what differed and what was done.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"data.spm_model={path}: file not found")
+    proto = path.read_bytes()
+    try:
+        ids = special_ids(proto)
+    except RuntimeError as err:
+        raise ValueError(
+            f"data.spm_model={path}: not a sentencepiece model ({err}); give the .model file that "
+            "spm_train or SentencePieceTrainer wrote (not the .vocab)"
+        ) from None
+    ours = (PAD_ID, UNK_ID, BOS_ID, EOS_ID)
+    if ids == ours:
+        note = f"data: using the sentencepiece model {path} as it is (its special ids are ours)"
+    else:
+        proto = _move_specials(proto, ids)
+        described = ", ".join(f"{name} {i}" for name, i in zip(SPECIALS, ids, strict=True))
+        note = (
+            f"data: the sentencepiece model {path} has special ids {described} (-1: none); written with "
+            f"ours (pad 0, unk 1, bos 2, eos 3), every other piece unchanged and in its order"
+        )
+    model_prefix = Path(model_prefix)
+    model_prefix.parent.mkdir(parents=True, exist_ok=True)
+    vocab = Vocabulary(proto)
+    Path(f"{model_prefix}.model").write_bytes(proto)
+    sp = spm.SentencePieceProcessor(model_proto=proto)
+    Path(f"{model_prefix}.vocab").write_text(
+        "".join(f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(len(vocab))), encoding="utf-8"
+    )
+    return vocab, note
+
+
+def _move_specials(proto: bytes, ids: tuple[int, int, int, int]) -> bytes:
+    """The model with its pad/unk/bos/eos pieces first, in that order; see `adopt_vocabulary`.
+
+    Rewritten in protobuf's wire format, like `vocabulary_difference` reads it: the pieces are
+    ModelProto's field 1 in id order, and the trainer_spec fields that name the special ids, their
+    pieces and the vocabulary size are replaced; every other field is kept byte for byte.
+    """
+    top = _wire_spans(proto)
+    pieces = [value for number, value, _ in top if number == 1]
+    trainer = b"".join(value for number, value, _ in top if number == 2)  # protobuf merges repeats
+    spec = {number: value for number, value, _ in _wire_spans(trainer)}  # the last value wins
+    texts = {_piece_text(piece) for piece in pieces}
+    first: list[bytes] = []  # the special pieces, in the order of our ids
+    taken: set[int] = set()  # their positions in the model
+    for role, i in zip(SPECIALS, ids, strict=True):
+        if i >= 0:  # sentencepiece gives an id only to a control piece (the unknown piece for unk)
+            first.append(pieces[i])
+            taken.add(i)
+            continue
+        # None (pad, bos or eos: every model has an unk piece): a control piece is added, under the
+        # usual text unless that is an ordinary piece of the model, which then stays one.
+        number, default = _SPECIAL_PIECE_FIELDS[role]
+        text, n = spec[number].decode("utf-8") if number in spec else default, 0
+        while text in texts:
+            text, n = f"<{role}{n}>", n + 1
+        first.append(
+            _field(1, text.encode("utf-8")) + _key(2, 5) + struct.pack("<f", 0.0) + _varint_field(3, 3)
+        )
+    ordered = first + [piece for i, piece in enumerate(pieces) if i not in taken]
+    new_ids = {43: PAD_ID, 40: UNK_ID, 41: BOS_ID, 42: EOS_ID, 4: len(ordered)}  # pad_id..., vocab_size
+    new_pieces = {
+        _SPECIAL_PIECE_FIELDS[role][0]: _piece_text(piece)
+        for role, piece in zip(SPECIALS, first, strict=True)
+    }
+    kept = [
+        raw for number, _, raw in _wire_spans(trainer) if number not in new_ids and number not in new_pieces
+    ]
+    trainer = b"".join(kept)
+    trainer += b"".join(_varint_field(number, value) for number, value in new_ids.items())
+    trainer += b"".join(_field(number, text.encode("utf-8")) for number, text in new_pieces.items())
+    rest = [raw for number, _, raw in top if number not in (1, 2)]
+    return b"".join(_field(1, piece) for piece in ordered) + _field(2, trainer) + b"".join(rest)
+
+
+# TrainerSpec's fields for each special piece's text, and sentencepiece's default text.
+_SPECIAL_PIECE_FIELDS = {"pad": (48, "<pad>"), "unk": (45, "<unk>"), "bos": (46, "<s>"), "eos": (47, "</s>")}
+
+
+def _key(number: int, wire_type: int) -> bytes:
+    return _encode_varint(number << 3 | wire_type)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field: a string, bytes or a message."""
+    return _key(number, 2) + _encode_varint(len(payload)) + payload
+
+
+def _varint_field(number: int, value: int) -> bytes:
+    return _key(number, 0) + _encode_varint(value)
+
+
+def _encode_varint(value: int) -> bytes:
+    value &= (1 << 64) - 1  # a negative int32 is written as its 64-bit two's complement
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | 0x80 if value else byte)
+        if not value:
+            return bytes(out)
