@@ -4,7 +4,9 @@ No peers' virtual environments and no network: only our own step, the in-process
 reference, the option parsing, the FLOP count and the JSON. Nothing here times anything.
 """
 
+import functools
 import json
+import sys
 
 import pytest
 import torch
@@ -223,3 +225,40 @@ def test_help_lists_the_options(capsys):
     assert "batch_size: 128" in capsys.readouterr().out
     assert decode.main([], show_help=True) is None
     assert "beams:" in capsys.readouterr().out
+
+
+def test_decode_bench_runs_our_exports_in_the_engines_on_equal_work(tmp_path, monkeypatch):
+    """The export rows: our tiny random model exported, run by CTranslate2 (fp32 and int8) and by
+    MarianMTModel.generate through the real peer scripts, here with this Python (which has the
+    export extra) instead of the peers' own environments."""
+    pytest.importorskip("ctranslate2", reason="pip install 'transformer-mt[export]'")
+    pytest.importorskip("transformers", reason="pip install 'transformer-mt[export]'")
+    monkeypatch.setattr(decode, "run_peer", functools.partial(decode.run_peer, python=sys.executable))
+    cfg = common.parse_options(
+        decode.DecodeBenchConfig,
+        [
+            "model=transformer_tiny",
+            "batch_size=3",
+            "src_len=5",
+            "out_len=4",
+            "vocab_size=40",
+            "beams=[1,2]",
+            "precisions=[fp32,int8]",
+            "peers=[ctranslate2_export,transformers_export]",
+            "warmup=0",
+            "repeats=1",
+            "threads=1",
+        ],
+        "bench decode",
+    )
+    payload = decode.run(cfg)
+    rows = {(r["system"], r["precision"], r["beam"]): r for r in payload["rows"]}
+    systems = ["transformer-mt", "CTranslate2 (our export)", "transformers (our export)"]
+    expected = {(s, "fp32", b) for s in systems for b in (1, 2)}
+    expected |= {(s, "int8", b) for s in systems[:2] for b in (1, 2)}  # transformers has no int8 row
+    assert set(rows) == expected
+    for row in rows.values():
+        assert row["status"] == "ok", row
+        assert row["equal_work"] and row["output_tokens"] == 3 * 4, row
+    assert "vs_ct2_fp32" in rows[("transformer-mt", "int8", 2)]
+    assert "CTranslate2 (our export)" in decode.table(payload)

@@ -1,10 +1,15 @@
 """The command line: help, config validation before any work, and every shipped preset composing."""
 
+import os
+import select
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import TINY_MODEL, files_overrides, run_cli, write_small_corpus
+from tests.helpers import TINY_MODEL, files_overrides, run_cli, trained_sample_run, write_small_corpus
 from transformer_mt.config import CONFIG_DIR, ConfigError, compose_config, explicit_keys, to_objects
 
 
@@ -218,3 +223,40 @@ def test_decoding_options_sit_in_the_decoding_node_of_translate():
 
 def test_configs_ship_inside_the_package():
     assert (Path(CONFIG_DIR) / "trainer" / "default.yaml").is_file()
+
+
+def _read_line(stream, timeout: float) -> str | None:
+    """One line from a pipe, or None if none arrives within `timeout` seconds."""
+    data, deadline = b"", time.monotonic() + timeout
+    while not data.endswith(b"\n"):
+        ready, _, _ = select.select([stream], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            return None
+        chunk = os.read(stream.fileno(), 1)
+        if not chunk:
+            return None
+        data += chunk
+    return data.decode("utf-8")[:-1]
+
+
+def test_translate_over_a_pipe_answers_each_line_with_buffer_size_1(tmp_path_factory):
+    """A program that writes one line and waits gets its translation while the pipe stays open."""
+    checkpoint = trained_sample_run(tmp_path_factory, "post") / "checkpoints" / "checkpoint_last.pt"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "transformer_mt", "translate", f"checkpoint={checkpoint}", "buffer_size=1"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    try:
+        for line in ("The old woman sees the small dog.", "", "Today the teacher reads a book."):
+            process.stdin.write(line.encode() + b"\n")
+            process.stdin.flush()
+            answer = _read_line(process.stdout, timeout=120)
+            assert answer is not None, f"no translation of {line!r} while the pipe is open"
+            assert (answer == "") == (line == ""), (line, answer)
+        process.stdin.close()
+        assert process.wait(timeout=60) == 0
+    finally:
+        process.kill()

@@ -395,6 +395,23 @@ def test_never_outputs_pad_or_bos():
             assert hyps and all(PAD not in h.tokens and BOS not in h.tokens for h in hyps)
 
 
+def broken_after_4(source, prefix) -> Distribution:
+    """After 4 the model breaks (NaN everywhere); after 5 it ends the sentence."""
+    table = {(): {4: 0.6, 5: 0.4}, (4,): dict.fromkeys(range(10), math.nan), (5,): {EOS: 1.0}}
+    return table.get(prefix, {EOS: 1.0})
+
+
+@pytest.mark.parametrize("beam", [1, 2])
+def test_a_row_of_nan_is_never_extended(beam):
+    """NaN log-probabilities count as -inf: the broken hypothesis dies and the search goes on with
+    the others (NaN would otherwise win every comparison and crowd out the good candidates)."""
+    (hyps,) = generate([TableModel(broken_after_4)], batch([9]), config(beam=beam, nbest=1), **IDS)
+    if beam == 1:  # greedy took 4 and has nowhere to go
+        assert hyps == [] or not math.isfinite(hyps[0].score)
+    else:
+        assert hyps[0].tokens == [5] and hyps[0].logprob == pytest.approx(math.log(0.4), abs=1e-4)
+
+
 # ---------------------------------------------------------------------------------------------
 # Ensembles, precision, modes
 

@@ -67,12 +67,46 @@ def test_cached_decoding_matches_full(norm, window, positions):
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("norm", ["post", "pre"])
+def test_cached_decoding_as_beam_search_runs_it_matches_full(norm):
+    """What the search does to a state: the first step with one row per sentence, then 3 rows per
+    sentence sharing one copy of its cross-attention keys (rows_per_source=3), beams swapped within
+    each sentence, a sentence dropped, and the self-attention buffers grown past their capacity and
+    reordered into their spare buffers (inference mode): every step's logits equal full decoding's."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(2)
+    model = tiny(norm=norm).eval()
+    src = tokens([7, 4], 7, g)
+    prev = tokens([9] * 6, 9, g)  # one prefix per hypothesis; all start with BOS
+    prev[:, 0] = BOS
+    expand = torch.tensor([0, 0, 0, 1, 1, 1])
+    swap = torch.tensor([2, 0, 1, 3, 5, 4])  # beams change places within each sentence
+    drop = torch.tensor([3, 4, 5])  # sentence 0 is done
+    with torch.inference_mode():
+        memory, state = model.encode(src), DecoderState(capacity=3)
+        ids, sentences = torch.tensor([0, 3]), torch.arange(2)  # each row's prefix and sentence
+        for t in range(prev.size(1)):
+            if t == 1:
+                memory, ids, sentences = memory.reorder(expand), torch.arange(6), sentences[expand]
+                state.reorder(expand, same_sources=True, rows_per_source=3)
+            elif t == 3:
+                ids = ids[swap]
+                state.reorder(swap, same_sources=True)
+            elif t == 5:
+                memory, ids, sentences = memory.reorder(drop), ids[drop], sentences[drop]
+                state.reorder(drop)
+            logits, state = model.decode(prev[ids, t : t + 1], memory, state)
+            full = model(src[sentences], prev[ids, : t + 1])[:, -1:]
+            torch.testing.assert_close(logits, full, atol=1e-5, rtol=1e-5)
+    assert state.rows_per_source == 3 and state.source_cache["dec0.cross.k"].size(0) == 1
+
+
 def test_cache_names_are_unique_per_layer():
     model = tiny(decoder_layers=3).eval()
     src = torch.full((2, 4), 5)
     state = DecoderState()
     model.decode(torch.full((2, 1), BOS), model.encode(src), state)
-    assert sorted(state.cache) == sorted(f"dec{i}.self.{kv}" for i in range(3) for kv in ("k", "v"))
+    assert sorted(state.sequences) == sorted(f"dec{i}.self.{kv}" for i in range(3) for kv in ("k", "v"))
     assert sorted(state.source_cache) == sorted(f"dec{i}.cross.{kv}" for i in range(3) for kv in ("k", "v"))
 
 

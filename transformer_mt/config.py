@@ -81,6 +81,7 @@ class EvaluateConfig:
     target_lang: Optional[str] = None
     device: str = "auto"
     precision: str = "fp32"
+    quantize: Optional[str] = None  # int8: int8 linear layers, for decoding on a CPU
     # How to decode: what the checkpoint's run validated with, and decoding.KEY=VALUE on top.
     decoding: DecodingConfig = MISSING
 
@@ -96,6 +97,11 @@ class TranslateConfig:
     print_alignment: bool = False  # add each line's alignment from attention (decoding/alignment.py)
     device: str = "auto"
     precision: str = "fp32"
+    quantize: Optional[str] = None  # as in evaluate
+    # Lines read before translating them together (fairseq-interactive's --buffer-size). 1 answers
+    # each line as it arrives, for a program on the other end of a pipe. Default: 1 on a terminal,
+    # else 2000.
+    buffer_size: Optional[int] = None
     decoding: DecodingConfig = MISSING  # as in evaluate
 
 
@@ -127,6 +133,17 @@ class AverageConfig:
             raise ValueError(f"last={self.last} must be at least 1 (the number of checkpoints to average)")
 
 
+@dataclass
+class ExportConfig:
+    """`export`: a checkpoint as a CTranslate2 model or a Hugging Face MarianMT folder."""
+
+    checkpoint: Optional[str] = None
+    format: Optional[str] = None  # ctranslate2 | huggingface
+    output: Optional[str] = None  # the folder to write
+    quantization: Optional[str] = None  # ctranslate2 only: int8, int8_float16, float16, ...
+    force: bool = False  # replace an existing non-empty output folder
+
+
 ROOTS = {
     "prepare": TrainRunConfig,
     "train": TrainRunConfig,
@@ -134,6 +151,7 @@ ROOTS = {
     "translate": TranslateConfig,
     "average": AverageConfig,
     "serve": ServeConfig,
+    "export": ExportConfig,
 }
 
 

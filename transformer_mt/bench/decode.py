@@ -6,9 +6,14 @@ the very same batches of source ids with a model of the same size and vocabulary
 
 - transformers: a randomly initialised MarianMT model (the Transformer of the paper, post-norm,
   sinusoidal positions, shared embeddings) of equal size and vocabulary, with `generate`;
-- ctranslate2: that Marian model converted by CTranslate2's own Transformers converter.
+- ctranslate2: that Marian model converted by CTranslate2's own Transformers converter;
+- ctranslate2_export, transformers_export: our very model (the same random weights as our rows)
+  exported by `transformer-mt export` and run by CTranslate2 / by `MarianMTModel.generate`.
 
-Both run in virtual environments of their own (see `peers.py`). What is decoded:
+All run in virtual environments of their own (see `peers.py`); the exports are written in ours,
+which needs `pip install transformer-mt[export]`. `precisions` may include int8: our search with
+`quantize=int8` (dynamic int8 linear layers, CPU only), and CTranslate2's `compute_type=int8` for
+both CTranslate2 rows (transformers has no int8 row). What is decoded:
 
 - `input=FILE` (e.g. ../shared/data/wmt14_en_de/newstest2013.en): real sentences, encoded with a
   sentencepiece model (`spm=PATH`, or one of up to `vocab_size` pieces trained on the file itself)
@@ -24,8 +29,8 @@ length is one token less, after which the search forces EOS). That number is `ou
 sentences and, for a file, the batch's padded source length (its longest sentence with EOS): a
 translation about as long as its source. tokens/s counts those decoder steps; each system reports
 the steps it actually ran (`output_tokens`), so equal work is checked, not assumed.
-The issue's target is reported, never asserted: decoding >= 2x transformers' generate on a CPU and
->= 3x on a GPU.
+The issue's targets are reported, never asserted: decoding >= 2x transformers' generate with beam 4
+on a CPU (1.5x greedy) and >= 3x on a GPU, and our int8 at least as fast as CTranslate2 in fp32.
 """
 
 # ruff: noqa: UP006, UP035, UP045 -- OmegaConf reads the dataclass fields: List/Optional, not list/X | None.
@@ -45,16 +50,35 @@ from transformer_mt.bench.peers import PeerError, run_peer
 from transformer_mt.bench.train import MODEL_CONFIGS, load_preset
 from transformer_mt.data.corpus import read_lines
 from transformer_mt.data.vocab import Vocabulary, train_vocabulary
+from transformer_mt.decoding.quantize import quantize_int8
 from transformer_mt.decoding.search import DecodingConfig, generate
 from transformer_mt.decoding.translator import collate_sources, length_sorted_batches
+from transformer_mt.export import ExportError
+from transformer_mt.export.ctranslate2 import export_ctranslate2
+from transformer_mt.export.huggingface import export_huggingface
 from transformer_mt.models import build_model, count_parameters
 from transformer_mt.models.interface import DecoderState, EncoderDecoder, EncoderOutput
-from transformer_mt.models.transformer import TransformerConfig
+from transformer_mt.models.transformer import Transformer, TransformerConfig
 from transformer_mt.runtime import PRECISIONS, autocast, resolve_device
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3  # docs/design.md
-SYSTEMS = ("transformers", "ctranslate2")
-NAMES = {"ours": "transformer-mt", "transformers": "transformers (HF)", "ctranslate2": "CTranslate2"}
+SYSTEMS = ("transformers", "ctranslate2", "ctranslate2_export", "transformers_export")
+NAMES = {
+    "ours": "transformer-mt",
+    "transformers": "transformers (HF)",
+    "ctranslate2": "CTranslate2",
+    "ctranslate2_export": "CTranslate2 (our export)",
+    "transformers_export": "transformers (our export)",
+}
+# system -> (the peer's virtual environment, its script); the exports run in the engines' own.
+PEER_RUNS = {
+    "transformers": ("transformers", "transformers_decode.py"),
+    "ctranslate2": ("ctranslate2", "ctranslate2_decode.py"),
+    "ctranslate2_export": ("ctranslate2", "ctranslate2_decode.py"),
+    "transformers_export": ("transformers", "transformers_decode.py"),
+}
+INT8 = "int8"  # a precision of this benchmark: int8 products (ours: quantize=int8)
+WITH_INT8 = ("ctranslate2", "ctranslate2_export")  # the peers that have an int8 mode
 
 
 @dataclass
@@ -63,8 +87,8 @@ class DecodeBenchConfig:
 
     model: str = "transformer_base"  # a Transformer preset in configs/model/
     beams: List[int] = field(default_factory=lambda: [1, 4])  # 1 is greedy
-    precisions: List[str] = field(default_factory=lambda: ["fp32"])
-    peers: List[str] = field(default_factory=lambda: list(SYSTEMS))  # transformers, ctranslate2
+    precisions: List[str] = field(default_factory=lambda: ["fp32"])  # fp32, bf16, fp16, int8 (CPU)
+    peers: List[str] = field(default_factory=lambda: list(SYSTEMS))  # see SYSTEMS
     input: Optional[str] = None  # a text file, one sentence per line; None: random sentences
     spm: Optional[str] = None  # sentencepiece model for `input`; None: train one on the input
     max_sentences: int = 0  # decode only the first N non-empty lines of `input` (0: all)
@@ -92,9 +116,9 @@ class DecodeBenchConfig:
             problems.append(f"vocab_size={self.vocab_size} must leave room for 4 special ids and words")
         if not self.beams or min(self.beams) < 1:
             problems.append(f"beams={list(self.beams)} must be sizes >= 1")
-        bad = [p for p in self.precisions if p not in PRECISIONS]
+        bad = [p for p in self.precisions if p not in (*PRECISIONS, INT8)]
         if bad or not self.precisions:
-            problems.append(f"precisions={list(self.precisions)}: each must be one of fp32, bf16, fp16")
+            problems.append(f"precisions={list(self.precisions)}: each must be one of fp32, bf16, fp16, int8")
         bad = [p for p in self.peers if p not in SYSTEMS]
         if bad:
             problems.append(f"peers={bad} unknown; choose from {', '.join(SYSTEMS)} (or peers=[] for none)")
@@ -145,6 +169,15 @@ class Workload:
     batches: list[Tensor]  # (batch, width): ids + EOS, right-padded with PAD (our ids, docs/design.md)
     steps: list[int]  # decoder steps of every sentence of each batch, EOS included
     description: str
+    vocab: Vocabulary | None = None  # the sentencepiece model of a file's sentences
+
+    def pieces(self, vocab_size: int) -> list[str]:
+        """A token name per id of a `vocab_size` model, for the exports: the sentencepiece model's
+        pieces, then made-up names for the ids it does not fill (random sentences: all of them)."""
+        known = ["<pad>", "<unk>", "<s>", "</s>"]
+        if self.vocab is not None:
+            known = self.vocab.id_pieces(range(len(self.vocab)))
+        return known + [f"<extra{i}>" for i in range(len(known), vocab_size)]
 
     @property
     def sentences(self) -> int:
@@ -198,18 +231,28 @@ def file_workload(cfg: DecodeBenchConfig) -> Workload:
         f"EOS; {made}) in {len(batches)} length-sorted batches of <= {cfg.batch_tokens} padded tokens; "
         "each batch decodes as many steps as its longest source (EOS held back)"
     )
-    return Workload(batches, steps, description)
+    return Workload(batches, steps, description, vocab)
+
+
+def our_model(cfg: DecodeBenchConfig, device: torch.device) -> Transformer:
+    """The model of our rows (and of the exports): the preset with random weights from `cfg.seed`."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(load_preset(cfg.model), vocab_size=cfg.vocab_size, pad_id=PAD)
+    return model.to(device).eval()
 
 
 def measure_ours(
     cfg: DecodeBenchConfig, work: Workload, precision: str, device: torch.device
 ) -> dict[str, Any]:
-    """Seconds per pass of `generate` over the workload, for each beam size, and the steps it ran."""
-    torch.manual_seed(cfg.seed)
-    model = build_model(load_preset(cfg.model), vocab_size=cfg.vocab_size, pad_id=PAD).to(device).eval()
+    """Seconds per pass of `generate` over the workload, for each beam size, and the steps it ran.
+    Precision int8: the model's linear layers quantized as `quantize=int8` does, fp32 otherwise."""
+    model = our_model(cfg, device)
+    params = count_parameters(model)
+    if precision == INT8:
+        model, precision = quantize_int8(model), "fp32"
     search_model = NoEarlyEOS(model, EOS)
     batches = [b.to(device) for b in work.batches]
-    result: dict[str, Any] = {"params": count_parameters(model), "seconds": {}, "output_tokens": {}}
+    result: dict[str, Any] = {"params": params, "seconds": {}, "output_tokens": {}}
     for beam in cfg.beams:
         ran: list[int] = []
 
@@ -264,27 +307,24 @@ def run(cfg: DecodeBenchConfig) -> dict[str, Any]:
         raise ValueError(
             f"bench decode compares Transformers; model={cfg.model!r} is not a Transformer preset"
         )
+    if INT8 in cfg.precisions and device.type != "cpu":
+        raise ValueError("bench decode: precision int8 is for CPUs (quantize=int8); use device=cpu")
     work = file_workload(cfg) if cfg.input else random_workload(cfg)
     _log(work.description)
     rows: list[dict[str, Any]] = []
-    for precision in cfg.precisions:
-        _log(f"{cfg.model} {precision}: transformer-mt")
-        results = {"ours": measure_ours(cfg, work, precision, device)}
-        for system in cfg.peers:
-            _log(f"{cfg.model} {precision}: {NAMES[system]}")
-            try:
-                results[system] = run_peer(
-                    system,
-                    f"{system}_decode.py",
-                    peer_args(cfg, work, precision, device),
-                    timeout_s=cfg.peer_timeout_s,
-                    log=_log,
-                )
-            except PeerError as err:
-                results[system] = {"error": str(err)}
-        for beam in cfg.beams:
-            for system, result in results.items():
-                rows.append(_row(cfg, work, system, precision, beam, result))
+    with tempfile.TemporaryDirectory() as folder:
+        exports = write_exports(cfg, work, device, Path(folder))
+        for precision in cfg.precisions:
+            _log(f"{cfg.model} {precision}: transformer-mt")
+            results = {"ours": measure_ours(cfg, work, precision, device)}
+            for system in cfg.peers:
+                if precision == INT8 and system not in WITH_INT8:
+                    continue
+                _log(f"{cfg.model} {precision}: {NAMES[system]}")
+                results[system] = _run_system(cfg, work, precision, device, system, exports)
+            for beam in cfg.beams:
+                for system, result in results.items():
+                    rows.append(_row(cfg, work, system, precision, beam, result))
     add_targets(rows, device)
     return {
         "benchmark": "decode",
@@ -298,6 +338,52 @@ def run(cfg: DecodeBenchConfig) -> dict[str, Any]:
         },
         "rows": rows,
     }
+
+
+def write_exports(
+    cfg: DecodeBenchConfig, work: Workload, device: torch.device, folder: Path
+) -> dict[str, Path | str]:
+    """Our model exported for the export rows that `cfg.peers` asks for: system -> its folder, or
+    the reason it could not be written (the extra not installed)."""
+    wanted = [system for system in ("ctranslate2_export", "transformers_export") if system in cfg.peers]
+    if not wanted:
+        return {}
+    model = our_model(cfg, torch.device("cpu"))
+    pieces = work.pieces(cfg.vocab_size)
+    exports: dict[str, Path | str] = {}
+    for system in wanted:
+        out = folder / system
+        out.mkdir()
+        try:
+            if system == "ctranslate2_export":
+                export_ctranslate2(model, pieces, out)
+            else:
+                export_huggingface(model, pieces, out, decoding={"beam": max(cfg.beams), "lenpen": 0.6})
+            exports[system] = out
+        except ExportError as err:
+            exports[system] = str(err)
+    return exports
+
+
+def _run_system(
+    cfg: DecodeBenchConfig,
+    work: Workload,
+    precision: str,
+    device: torch.device,
+    system: str,
+    exports: dict[str, Path | str],
+) -> dict[str, Any]:
+    """One peer's measurement in its own environment, or {"error": why not}."""
+    venv, script = PEER_RUNS[system]
+    args = peer_args(cfg, work, precision, device)
+    if system in exports:
+        if not isinstance(exports[system], Path):
+            return {"error": exports[system]}
+        args["model_dir"] = str(exports[system])
+    try:
+        return run_peer(venv, script, args, timeout_s=cfg.peer_timeout_s, log=_log)
+    except PeerError as err:
+        return {"error": str(err)}
 
 
 def _row(
@@ -322,17 +408,36 @@ def _row(
 
 
 def add_targets(rows: list[dict[str, Any]], device: torch.device) -> None:
-    """`vs_hf`: our sentences/s over transformers' at the same beam and precision, and the target."""
-    goal = 3.0 if device.type == "cuda" else 2.0
+    """`vs_hf`: our sentences/s over transformers' at the same beam and precision (the random
+    MarianMT, else our HF export), against the issue's target (CPU: 2x with beams, 1.5x greedy; GPU:
+    3x). Our int8 rows: `vs_ct2_fp32`, over CTranslate2's fp32 at the same beam (the random Marian
+    conversion, else our export), target 1x."""
+
+    def find(system: str, beam: int, precision: str) -> dict[str, Any] | None:
+        wanted = (NAMES[system], beam, precision, "ok")
+        for other in rows:
+            if (other["system"], other["beam"], other["precision"], other["status"]) == wanted:
+                return other
+        return None
+
     for row in rows:
         if row["system"] != NAMES["ours"] or row["status"] != "ok":
             continue
-        for other in rows:
-            same = other["beam"] == row["beam"] and other["precision"] == row["precision"]
-            if same and other["system"] == NAMES["transformers"] and other["status"] == "ok":
-                row["vs_hf"] = row["sentences_per_second"] / other["sentences_per_second"]
-                row["target"] = f">= {goal:g}x HF generate"
-                row["met"] = row["vs_hf"] >= goal
+        if row["precision"] == INT8:
+            other = find("ctranslate2", row["beam"], "fp32")
+            other = other or find("ctranslate2_export", row["beam"], "fp32")
+            if other:
+                row["vs_ct2_fp32"] = row["sentences_per_second"] / other["sentences_per_second"]
+                row["target"] = ">= 1x CTranslate2 fp32"
+                row["met"] = row["vs_ct2_fp32"] >= 1.0
+            continue
+        other = find("transformers", row["beam"], row["precision"])
+        other = other or find("transformers_export", row["beam"], row["precision"])
+        if other:
+            goal = 3.0 if device.type == "cuda" else (1.5 if row["beam"] == 1 else 2.0)
+            row["vs_hf"] = row["sentences_per_second"] / other["sentences_per_second"]
+            row["target"] = f">= {goal:g}x HF generate"
+            row["met"] = row["vs_hf"] >= goal
 
 
 COLUMNS = [
@@ -344,6 +449,7 @@ COLUMNS = [
     ("sentences_per_second", "sent/s"),
     ("tokens_per_second", "tok/s"),
     ("vs_hf", "vs HF"),
+    ("vs_ct2_fp32", "vs CT2 fp32"),
     ("target", "target"),
     ("verdict", "met"),
 ]
@@ -357,8 +463,9 @@ def table(payload: dict[str, Any]) -> str:
             shown["pass_seconds"] = row["status"]
         elif not row["equal_work"]:
             shown["system"] = f"{row['system']} (ran {row['output_tokens']} steps!)"
-        if "vs_hf" in row:
-            shown["vs_hf"] = f"{row['vs_hf']:.2f}x"
+        for key in ("vs_hf", "vs_ct2_fp32"):
+            if key in row:
+                shown[key] = f"{row[key]:.2f}x"
         if "met" in row:
             shown["verdict"] = "pass" if row["met"] else "MISS"
         rows.append(shown)

@@ -126,18 +126,21 @@ def ensure_venv(name: str, log=print) -> Path:
     return python
 
 
-def run_peer(name: str, script: str, args: dict, *, timeout_s: float, log=print) -> dict:
+def run_peer(
+    name: str, script: str, args: dict, *, timeout_s: float, log=print, python: str | Path | None = None
+) -> dict:
     """Run `peer_scripts/<script>` in the peer's environment with `args` (JSON); its JSON result.
 
     The script gets the arguments as one JSON command-line argument and prints a JSON object as the
-    last line of its standard output.
+    last line of its standard output. `python`: run it with this interpreter instead of the peer's
+    own environment (one that has the peer installed already).
     """
     reason = unsupported(PEERS[name]) if name in PEERS else None
     if reason:
         raise PeerError(reason)
     if not (SCRIPTS / script).exists():
         raise PeerError(f"there is no measurement script {script} for {name} yet")
-    python = ensure_venv(name, log=log)
+    python = python or ensure_venv(name, log=log)
     command = [str(python), str(SCRIPTS / script), json.dumps(args)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("PYTHONPATH", None)  # the peer must not see our packages

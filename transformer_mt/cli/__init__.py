@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "translate": "translate raw text from stdin or a file, one output line per input line",
     "average": "average the parameters of the last N checkpoints (or a list) into one checkpoint",
     "serve": "a translation service (HTTP, dynamic batching) and a page that shows attention",
+    "export": "write a checkpoint as a CTranslate2 model or a Hugging Face MarianMT folder",
     "bench": "benchmarks: `bench layers` (the paper's Table 1 measured)",
 }
 

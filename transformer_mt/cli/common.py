@@ -63,6 +63,7 @@ def load_translator(cfg: Any, overrides: list[str]) -> Translator:
         checkpoint_paths(cfg.checkpoint),
         device=cfg.device,
         precision=cfg.precision,
+        quantize=cfg.quantize,
         warn=warn,
         **decoding_overrides(cfg, overrides),
     )

@@ -5,7 +5,8 @@ with input=FILE reference=FILE. Decodes as the checkpoint's run validated (its `
 e.g. the preset's length penalty); `decoding.beam=5 decoding.lenpen=1.0 ...` override them. Prints BLEU and chrF with their signatures (and, with
 tokenized_bleu=true, the paper's tokenized BLEU with compound splitting, labelled as such);
 report=PATH.json writes the scores, signatures, decoding settings, checkpoint, line count and speed.
-output= and report= are written to a temporary file and renamed; one that is an input is refused."""
+output= and report= are written to a temporary file and renamed; one that is an input is refused.
+quantize=int8 decodes with int8 linear layers on a CPU."""
 
 from __future__ import annotations
 
@@ -64,6 +65,7 @@ def main(overrides: list[str], show_help: bool) -> None:
             "decoding": dataclasses.asdict(translator.cfg),
             "device": cfg.device,
             "precision": cfg.precision,
+            "quantize": cfg.quantize,
         }
         with replace_when_done(cfg.report) as sink:
             sink.write(json.dumps(report, indent=2) + "\n")

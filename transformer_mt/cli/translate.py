@@ -1,16 +1,18 @@
 """Translate raw text with a checkpoint (or an ensemble: checkpoint=[a.pt,b.pt]).
 
 Reads standard input (or input=FILE) and writes exactly one line per input line, in order, empty
-lines included (interactive, line by line, when standard input is a terminal). With decoding.nbest=K
-each input line gives exactly K lines `INDEX<TAB>RANK<TAB>SCORE<TAB>TEXT` instead (an empty line's
-one empty translation, or the last of fewer than K hypotheses, repeated). With print_alignment=true
-each output line ends in two more fields, `<TAB>PIECE_ALIGNMENT<TAB>WORD_ALIGNMENT`: for each target
-piece the source piece it attends to most (the last decoder layer's encoder-decoder attention,
-averaged over heads), as space-separated SOURCE-TARGET pairs of 0-based indices, then the same
-mapped to words (decoding/alignment.py). The sentencepiece model travels inside the checkpoint, so
-the checkpoint path is all that is needed. Decodes as the checkpoint's run validated;
+lines included (interactive, line by line, when standard input is a terminal; buffer_size=1 does the
+same over a pipe, for a program that writes a line and waits for its translation). With
+decoding.nbest=K each input line gives exactly K lines `INDEX<TAB>RANK<TAB>SCORE<TAB>TEXT` instead (an
+empty line's one empty translation, or the last of fewer than K hypotheses, repeated). With
+print_alignment=true each output line ends in two more fields, `<TAB>PIECE_ALIGNMENT<TAB>WORD_ALIGNMENT`:
+for each target piece the source piece it attends to most (the last decoder layer's encoder-decoder
+attention, averaged over heads), as space-separated SOURCE-TARGET pairs of 0-based indices, then the
+same mapped to words (decoding/alignment.py). The sentencepiece model travels inside the checkpoint,
+so the checkpoint path is all that is needed. Decodes as the checkpoint's run validated;
 `decoding.beam=5 decoding.lenpen=1.0 ...` override its settings. output=FILE is written to a
-temporary file beside it and renamed at the end (an output that is the input is refused)."""
+temporary file beside it and renamed at the end (an output that is the input is refused).
+quantize=int8 decodes with int8 linear layers on a CPU."""
 
 from __future__ import annotations
 
@@ -36,6 +38,8 @@ def main(overrides: list[str], show_help: bool) -> None:
     cfg = load_config("translate", overrides, show_help, __doc__)
     if cfg is None:
         return
+    if cfg.buffer_size is not None and cfg.buffer_size < 1:
+        raise ValueError(f"buffer_size={cfg.buffer_size} must be at least 1 (1: answer each line at once)")
     refuse_overwriting({"output": cfg.output}, {"input": cfg.input, **checkpoint_inputs(cfg.checkpoint)})
     translator = load_translator(cfg, overrides)
     with contextlib.ExitStack() as files:
@@ -48,7 +52,7 @@ def main(overrides: list[str], show_help: bool) -> None:
             sink = sys.stdout
         interactive = cfg.input is None and sys.stdin.isatty()
         index = 0
-        for chunk in _chunks(source, 1 if interactive else CHUNK_LINES):
+        for chunk in _chunks(source, cfg.buffer_size or (1 if interactive else CHUNK_LINES)):
             for hyps in translator.translate(chunk, first_line=index + 1):
                 hyps = _exactly(hyps, translator.cfg.nbest)
                 if cfg.print_alignment:

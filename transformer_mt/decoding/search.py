@@ -149,10 +149,10 @@ def generate(
     special = _SpecialIds(bos=bos_id, eos=eos_id, pad=pad_id)
     with torch.inference_mode(), _eval_mode(models):
         max_len = max_output_lengths(src_tokens, cfg, pad_id, models)
-        ensemble = _Ensemble(models, src_tokens, copies=cfg.beam)
+        capacity = int(max_len.max()) + 1  # decoder positions: BOS and up to max_len tokens
         if cfg.sampling:
-            return _sample(ensemble, max_len, cfg, special)
-        return _beam_search(ensemble, max_len, cfg, special)
+            return _sample(_Ensemble(models, src_tokens, cfg.beam, capacity), max_len, cfg, special)
+        return _beam_search(_Ensemble(models, src_tokens, 1, capacity), max_len, cfg, special)
 
 
 @dataclass(frozen=True)
@@ -177,12 +177,18 @@ def _eval_mode(models: Sequence[EncoderDecoder]) -> Iterator[None]:
 class _Ensemble:
     """The models' encoder outputs and decoder states, and one decoding step of their average."""
 
-    def __init__(self, models: Sequence[EncoderDecoder], src_tokens: Tensor, copies: int) -> None:
-        # Encode each sentence once, then repeat its rows `copies` times: row b * copies + j.
-        rows = torch.arange(src_tokens.size(0), device=src_tokens.device).repeat_interleave(copies)
+    def __init__(
+        self, models: Sequence[EncoderDecoder], src_tokens: Tensor, copies: int, capacity: int
+    ) -> None:
+        """Encode each sentence once, then repeat its rows `copies` times (row b * copies + j).
+        `capacity`: the most decoder steps the search will run, so caches are allocated once."""
         self.models = list(models)
-        self.memories: list[EncoderOutput] = [m.encode(src_tokens).reorder(rows) for m in models]
-        self.states: list[DecoderState] = [DecoderState() for _ in models]
+        self.memories: list[EncoderOutput] = [m.encode(src_tokens) for m in models]
+        if copies > 1:
+            self.reorder_memories(
+                torch.arange(src_tokens.size(0), device=src_tokens.device).repeat_interleave(copies)
+            )
+        self.states: list[DecoderState] = [DecoderState(capacity) for _ in models]
 
     def log_probs(self, prev_tokens: Tensor) -> Tensor:
         """(rows, vocab) fp32 log-probabilities of the next token, given the newest token (rows, 1)."""
@@ -192,7 +198,9 @@ class _Ensemble:
             if state is None:
                 raise RuntimeError(f"{type(model).__name__}.decode returned no DecoderState when given one")
             self.states[i] = state
-            per_model.append(torch.log_softmax(logits[:, -1, :].float(), dim=-1))  # (rows, vocab)
+            logits = logits[:, -1, :].float()  # (rows, vocab); fp32 logits are ours to overwrite
+            # In place: a fresh (rows x vocab) tensor per step costs more than the softmax on a CPU.
+            per_model.append(torch.log_softmax(logits, dim=-1, out=logits))
         if len(per_model) == 1:
             return per_model[0]
         sizes = {lp.size(-1) for lp in per_model}
@@ -200,18 +208,18 @@ class _Ensemble:
             raise ValueError(f"the ensemble's models have different vocabulary sizes {sorted(sizes)}")
         return torch.logsumexp(torch.stack(per_model), dim=0) - math.log(len(per_model))
 
-    def reorder_states(self, rows: Tensor, *, same_sources: bool = False) -> None:
+    def reorder_states(
+        self, rows: Tensor, *, same_sources: bool = False, rows_per_source: int | None = None
+    ) -> None:
         for state in self.states:
-            state.reorder(rows, same_sources=same_sources)
+            state.reorder(rows, same_sources=same_sources, rows_per_source=rows_per_source)
 
     def reorder_memories(self, rows: Tensor) -> None:
         self.memories = [memory.reorder(rows) for memory in self.memories]
 
 
 def _restrict(lprobs: Tensor, forced_eos: Tensor, special: _SpecialIds) -> Tensor:
-    """Forbid PAD and BOS everywhere, and everything but EOS on rows at their maximum length; NaN
-    (a broken model) counts as -inf."""
-    lprobs.nan_to_num_(nan=-math.inf, posinf=math.inf, neginf=-math.inf)
+    """Forbid PAD and BOS everywhere, and everything but EOS on rows at their maximum length."""
     lprobs[:, special.pad] = -math.inf
     lprobs[:, special.bos] = -math.inf
     if forced_eos.any():  # only the forced rows are rewritten, not a (rows, vocab) mask every step
@@ -222,16 +230,43 @@ def _restrict(lprobs: Tensor, forced_eos: Tensor, special: _SpecialIds) -> Tenso
     return lprobs
 
 
+def _nan_to_neg_inf(lprobs: Tensor) -> Tensor:
+    """NaN (a broken model) counts as -inf."""
+    return lprobs.nan_to_num_(nan=-math.inf, posinf=math.inf, neginf=-math.inf)
+
+
 # ----------------------------------------------------------------------------------------------
 # Beam search
 
 
-def _top_candidates(scores: Tensor, lprobs: Tensor, beam: int) -> tuple[Tensor, Tensor, Tensor]:
-    """The 2 x beam best extensions of each sentence: (scores, beam index, token), each (sent, 2 beam)."""
-    vocab = lprobs.size(1)
-    cand = (scores.unsqueeze(1) + lprobs).view(-1, beam * vocab)  # (sent, beam * vocab)
-    top_scores, top_index = cand.topk(min(2 * beam, beam * vocab), dim=1)
-    return top_scores, torch.div(top_index, vocab, rounding_mode="floor"), top_index % vocab
+def _top_candidates(
+    scores: Tensor, lprobs: Tensor, width: int, beam: int, special: _SpecialIds
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The 2 x beam best extensions of each sentence's `width` live rows: (scores, row of the
+    sentence, token), each (sent, 2 beam).
+
+    Each row's own best 2 x beam tokens are found first, on its log-probabilities: adding the row's
+    score keeps their order, so the sentence's best are among them, and no (rows x vocab) sum is made.
+    Greedy (beam 1) needs only each row's best: if it is EOS the sentence is done and the second
+    best (an impossible candidate here) is never extended.
+    """
+    k = 1 if beam == 1 else min(2 * beam, lprobs.size(1))
+
+    def best(lprobs: Tensor) -> tuple[Tensor, Tensor]:  # (rows, k) each; max is 2x faster than topk
+        return lprobs.max(dim=1, keepdim=True) if k == 1 else lprobs.topk(k, dim=1)
+
+    row_lprobs, row_tokens = best(lprobs)
+    if row_lprobs.isnan().any():  # NaN wins max and topk: a broken model's row; redo it with NaN as -inf
+        row_lprobs, row_tokens = best(_nan_to_neg_inf(lprobs))
+    cand = (scores.unsqueeze(1) + row_lprobs).view(-1, width * k)  # (sent, width * k)
+    row_tokens = row_tokens.view(-1, width * k)
+    if width * k < 2 * beam:  # greedy, or a vocabulary smaller than the beam: impossible candidates
+        missing = 2 * beam - width * k
+        cand = torch.nn.functional.pad(cand, (0, missing), value=-math.inf)
+        row_tokens = torch.nn.functional.pad(row_tokens, (0, missing), value=special.pad)
+    top_scores, top_index = cand.topk(2 * beam, dim=1)
+    rows = torch.div(top_index, k, rounding_mode="floor").clamp_(max=width - 1)  # padding: any row
+    return top_scores, rows, row_tokens.gather(1, top_index)
 
 
 def _finishing(cand_tokens: Tensor, cand_scores: Tensor, num_finished: Tensor, beam: int, eos: int) -> Tensor:
@@ -257,23 +292,24 @@ def _beam_search(
     beam, device = cfg.beam, max_len.device
     num_sent = max_len.size(0)
     num_steps = int(max_len.max()) + 1  # step t predicts token t; EOS is forced at t = max_len
-    tokens = torch.full((num_sent * beam, num_steps + 1), special.pad, dtype=torch.long, device=device)
+    # The first step runs one row per sentence (all its beams would start alike): the encoder output
+    # and the cross-attention keys and values are computed once per sentence, then copied to `beam`
+    # rows. `width` is the number of live rows per sentence: 1, then `beam`.
+    width = 1
+    tokens = torch.full((num_sent, num_steps + 1), special.pad, dtype=torch.long, device=device)
     tokens[:, 0] = special.bos  # (rows, 1 + steps): BOS, then the tokens chosen so far
-    positional = torch.zeros(num_sent * beam, num_steps, device=device)  # (rows, steps)
-    scores = torch.zeros(num_sent, beam, device=device)
-    scores[:, 1:] = -math.inf  # all beams start identical: let only the first one extend at step 0
-    scores = scores.view(-1)  # (rows,) cumulative log-probabilities
+    positional = torch.zeros(num_sent, num_steps, device=device)  # (rows, steps)
+    scores = torch.zeros(num_sent, device=device)  # (rows,) cumulative log-probabilities
     sentence = torch.arange(num_sent, device=device)  # (sent,) input index of each active sentence
     num_finished = torch.zeros(num_sent, dtype=torch.long, device=device)
     finished: list[list[Hypothesis]] = [[] for _ in range(num_sent)]
-    beam_offsets = torch.arange(beam, device=device)
     all_rows = torch.arange(num_sent * beam, device=device)
 
     for step in range(num_steps):
         lprobs = ensemble.log_probs(tokens[:, step : step + 1])  # (rows, vocab)
-        lprobs = _restrict(lprobs, max_len.repeat_interleave(beam).eq(step), special)
-        cand_scores, cand_beams, cand_tokens = _top_candidates(scores, lprobs, beam)  # (sent, 2 beam)
-        cand_rows = cand_beams + (torch.arange(sentence.size(0), device=device) * beam).unsqueeze(1)
+        lprobs = _restrict(lprobs, max_len.repeat_interleave(width).eq(step), special)
+        cand_scores, cand_beams, cand_tokens = _top_candidates(scores, lprobs, width, beam, special)
+        cand_rows = cand_beams + (torch.arange(sentence.size(0), device=device) * width).unsqueeze(1)
 
         ending = _finishing(cand_tokens, cand_scores, num_finished, beam, special.eos)  # (sent, beam)
         if ending.any():  # record the hypotheses that end with EOS at this step
@@ -299,13 +335,15 @@ def _beam_search(
         new_tokens = cand_tokens.gather(1, live)[keep].view(-1)
         scores = cand_scores.gather(1, live)[keep].view(-1)
         dropping = keep.numel() < sentence.size(0)
-        if dropping:  # drop done sentences from the batch
-            ensemble.reorder_memories((keep.unsqueeze(1) * beam + beam_offsets).view(-1))
+        if dropping or width != beam:  # drop done sentences; give each kept one `beam` rows
+            ensemble.reorder_memories((keep * width).repeat_interleave(beam))
             sentence, num_finished, max_len = sentence[keep], num_finished[keep], max_len[keep]
-        if dropping or not torch.equal(rows, all_rows[: rows.numel()]):  # greedy: never reordered
+        if dropping or width != beam or not torch.equal(rows, all_rows[: rows.numel()]):  # greedy: never
             tokens, positional = tokens[rows], positional[rows]
-            # Each kept row stays with its sentence, so while none leaves, cross-attention stays put.
-            ensemble.reorder_states(rows, same_sources=not dropping)
+            # Each kept row stays with its sentence (the `beam` rows of a sentence stay together), so
+            # while none leaves, what the models computed from the sources (cross-attention) stays put.
+            ensemble.reorder_states(rows, same_sources=not dropping, rows_per_source=beam)
+        width = beam
         tokens[:, step + 1] = new_tokens
         positional[:, step] = lprobs[rows, new_tokens]
 
@@ -364,7 +402,9 @@ def _sample(
     finished: list[list[Hypothesis]] = [[] for _ in range(num_sent)]
 
     for step in range(num_steps):
-        lprobs = _restrict(ensemble.log_probs(tokens[:, step : step + 1]), max_len.eq(step), special)
+        lprobs = _restrict(
+            _nan_to_neg_inf(ensemble.log_probs(tokens[:, step : step + 1])), max_len.eq(step), special
+        )
         drawn = _draw(lprobs, cfg, generator)  # (rows,)
         tokens[:, step + 1] = drawn
         positional[:, step] = lprobs.gather(1, drawn.unsqueeze(1)).squeeze(1)

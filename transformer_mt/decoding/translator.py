@@ -24,6 +24,7 @@ import torch
 
 from transformer_mt.checkpoint import CheckpointError, load_for_inference
 from transformer_mt.data.vocab import Vocabulary, vocabulary_difference
+from transformer_mt.decoding.quantize import check_quantize, quantize_int8
 from transformer_mt.decoding.search import DecodingConfig, Hypothesis, generate
 from transformer_mt.models.interface import EncoderDecoder
 from transformer_mt.runtime import autocast, local_runtime
@@ -73,13 +74,16 @@ class Translator:
         *,
         device: str = "auto",
         precision: str = "fp32",
+        quantize: str | None = None,
         warn: Callable[[str], None] | None = None,
         **decoding: Any,
     ) -> Translator:
         """A translator over a checkpoint (or a list of them, an ensemble), decoding as the run that
         made it validated (its stored `decoding` settings), with `decoding` keyword arguments
-        (beam=5, lenpen=1.0, ... any `DecodingConfig` field) on top."""
+        (beam=5, lenpen=1.0, ... any `DecodingConfig` field) on top. `quantize="int8"` decodes with
+        int8 linear layers on a CPU (`decoding/quantize.py`)."""
         runtime = local_runtime(device=device, precision=precision)
+        check_quantize(quantize, runtime.device, precision)
         paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
         if not paths:
             raise ValueError("Translator.from_checkpoint needs at least one checkpoint path")
@@ -92,6 +96,8 @@ class Translator:
                 )
         cfg = DecodingConfig.from_stored(first.decoding, **decoding)
         models = [item.model for item in loaded]
+        if quantize == "int8":
+            models = [quantize_int8(model) for model in models]
         return cls(models, first.vocab, cfg, device=runtime.device, precision=precision, warn=warn)
 
     def translate(self, lines: Sequence[str], *, first_line: int = 1) -> list[list[Translation]]:

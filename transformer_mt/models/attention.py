@@ -12,8 +12,10 @@ block and its neighbours, with an exact band mask inside. Its cost is O(n r d), 
 
 Incremental decoding keeps keys and values in a `DecoderState` under names unique to each layer
 (`f"{name}.k"`, `f"{name}.v"`), as (batch, heads, len, head_dim) tensors so that
-`DecoderState.reorder` (an `index_select` on dim 0) serves beam search: self-attention's in `cache`,
-cross-attention's, computed from the encoder output alone, in `source_cache`.
+`DecoderState.reorder` (an `index_select` on dim 0) serves beam search: self-attention's in
+`sequences` (appended to in place, one position per step; with a window, only its last r
+positions, in `cache`), cross-attention's, computed from the
+encoder output alone, in `source_cache`.
 """
 
 from __future__ import annotations
@@ -239,14 +241,14 @@ class SelfAttention(MultiHeadAttention):
         if not self.causal or padding_mask is not None:
             raise ValueError("incremental self-attention is for a causal decoder without key padding")
         k_name, v_name = f"{self.name}.k", f"{self.name}.v"
-        if k_name in state.cache:
-            k = torch.cat([state.cache[k_name], k], dim=2)  # (batch, heads, steps + 1, head_dim)
-            v = torch.cat([state.cache[v_name], v], dim=2)
-        if self.window is not None:  # the new query sees itself and the `window` positions before it
-            k, v = k[:, :, -(self.window + 1) :], v[:, :, -(self.window + 1) :]
+        if self.window is None:  # written in place after the earlier positions (no torch.cat)
+            k = state.append(k_name, k, dim=2)  # (batch, heads, steps + 1, head_dim)
+            v = state.append(v_name, v, dim=2)
+        else:  # the new query sees itself and the `window` positions before it: keep only those
+            if k_name in state.cache:
+                k = torch.cat([state.cache[k_name], k], dim=2)[:, :, -(self.window + 1) :]
+                v = torch.cat([state.cache[v_name], v], dim=2)[:, :, -(self.window + 1) :]
             state.cache[k_name], state.cache[v_name] = k[:, :, -self.window :], v[:, :, -self.window :]
-        else:
-            state.cache[k_name], state.cache[v_name] = k, v
         return self.merge_heads(dense_attention(q, k, v, dropout_p=self.dropout_p))
 
 
@@ -280,8 +282,17 @@ class CrossAttention(MultiHeadAttention):
     ) -> Tensor:
         """x: (batch, tgt_len, d_model); memory: (batch, src_len, d_model); memory_padding_mask:
         (batch, src_len), True at padding. With a `state`, the memory's keys and values are projected
-        on the first step and read from the cache afterwards."""
-        q = self.split_heads(self.q_proj(x))
+        on the first step and read from the cache afterwards.
+
+        With a state whose `rows_per_source` g > 1 (beam search), each block of g rows shares one
+        source sentence: its keys and values are projected and kept once, and the block's g queries
+        attend to them together, as g query positions of one sequence (cross-attention has no causal
+        order), which reads each source's keys once per step instead of g times.
+        """
+        q = self.split_heads(self.q_proj(x))  # (batch, heads, tgt_len, head_dim)
+        group = 1 if state is None else state.rows_per_source
+        if group > 1:  # one copy of each source: (batch / g, src_len, ...)
+            memory, memory_padding_mask = memory[::group], memory_padding_mask[::group]
         k_name, v_name = f"{self.name}.k", f"{self.name}.v"
         if state is not None and k_name in state.source_cache:
             k, v = state.source_cache[k_name], state.source_cache[v_name]
@@ -289,8 +300,15 @@ class CrossAttention(MultiHeadAttention):
             k, v = (self.split_heads(part) for part in self.kv_proj(memory).chunk(2, dim=-1))
             if state is not None:
                 state.source_cache[k_name], state.source_cache[v_name] = k, v
+        if group == 1:
+            out = dense_attention(q, k, v, padding_mask=memory_padding_mask, dropout_p=self.dropout_p)
+            return self.merge_heads(out)
+        batch, heads, length, head_dim = q.shape
+        q = q.view(batch // group, group, heads, length, head_dim).transpose(1, 2)
+        q = q.reshape(batch // group, heads, group * length, head_dim)  # a block's queries together
         out = dense_attention(q, k, v, padding_mask=memory_padding_mask, dropout_p=self.dropout_p)
-        return self.merge_heads(out)
+        out = out.view(batch // group, heads, group, length, head_dim).transpose(1, 2)
+        return self.merge_heads(out.reshape(batch, heads, length, head_dim))
 
 
     def with_weights(self, x: Tensor, memory: Tensor, memory_padding_mask: Tensor) -> tuple[Tensor, Tensor]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor, nn
 
 
@@ -32,27 +33,116 @@ class EncoderOutput:
 class DecoderState:
     """The cache of incremental decoding: batch-first tensors by name, and the steps decoded so far.
 
-    `cache` holds what each row (hypothesis) computed from its own outputs so far, e.g. the
-    self-attention keys and values. `source_cache` holds what a row computed from its encoder
-    output alone, e.g. the cross-attention keys and values: the same for rows that decode the same
-    source sentence, so beam search need not move it when beams of one sentence swap places.
+    `cache` holds what each row (hypothesis) computed from its own outputs so far, e.g. an LSTM's
+    hidden state. `sequences` holds per-row tensors that grow by one position per step (the
+    Transformer's self-attention keys and values), kept by `append` in preallocated buffers so that
+    a step neither copies the earlier positions nor allocates. `source_cache` holds what a row
+    computed from its encoder output alone, e.g. the cross-attention keys and values: the same for
+    rows that decode the same source sentence, so it holds one row per source sentence, and beam
+    search need not move it when beams of one sentence swap places.
+
+    `rows_per_source`: consecutive rows i * g .. i * g + g - 1 decode source sentence i (beam search
+    keeps the beams of a sentence together: g = beam), so a model may attend to one copy of each
+    source for all its rows. With g = 1 (the default) every row has its own.
+
+    `capacity` (optional) is the most positions the decoder will see (beam search knows it): the
+    buffers of `sequences` are allocated at that length once; without it they double as they fill.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int | None = None) -> None:
         self.cache: dict[str, Tensor] = {}
+        self.sequences: dict[str, GrowingSequence] = {}
         self.source_cache: dict[str, Tensor] = {}
         self.steps = 0
+        self.capacity = capacity
+        self.rows_per_source = 1
 
-    def reorder(self, indices: Tensor, *, same_sources: bool = False) -> None:
+    def append(self, name: str, value: Tensor, dim: int) -> Tensor:
+        """Append `value` (the new positions along `dim`) to the sequence cached under `name`, and
+        return the whole sequence so far: a view of the buffer, valid until the next reorder."""
+        sequence = self.sequences.get(name)
+        if sequence is None:
+            sequence = self.sequences[name] = GrowingSequence(dim, self.capacity)
+        return sequence.append(value)
+
+    def reorder(
+        self, indices: Tensor, *, same_sources: bool = False, rows_per_source: int | None = None
+    ) -> None:
         """Keep, in place, batch row `indices[i]` as row i of every cached tensor.
 
-        `same_sources=True` promises that row `indices[i]` decodes the same source sentence as row i
-        (beam search choosing among the beams of each sentence): `source_cache` then stays as it is.
+        `rows_per_source` (default: unchanged) is the new number of rows per source sentence: each
+        block of that many new rows must come from rows of one source. `same_sources=True` promises
+        more: the new blocks decode the very same source sentences, in order (beam search choosing
+        among the beams of each sentence, or giving each sentence `beam` rows after the first step),
+        so `source_cache` stays as it is. Otherwise it keeps the sources of the new blocks.
         """
-        caches = (self.cache,) if same_sources else (self.cache, self.source_cache)
-        for cache in caches:
-            for name, tensor in cache.items():
-                cache[name] = tensor.index_select(0, indices)
+        group = self.rows_per_source if rows_per_source is None else rows_per_source
+        if indices.numel() % group:
+            raise ValueError(f"{indices.numel()} rows cannot form blocks of {group} rows per source")
+        for name, tensor in self.cache.items():
+            self.cache[name] = tensor.index_select(0, indices)
+        for sequence in self.sequences.values():
+            sequence.reorder(indices)
+        if not same_sources:
+            sources = indices.view(-1, group)[:, 0] if group > 1 else indices  # a row of each block
+            sources = torch.div(sources, self.rows_per_source, rounding_mode="floor")
+            for name, tensor in self.source_cache.items():
+                self.source_cache[name] = tensor.index_select(0, sources)
+        self.rows_per_source = group
+
+
+class GrowingSequence:
+    """A batch-first tensor that grows along `dim` one step at a time, in a buffer with room to spare.
+
+    Appending writes the new positions in place (no `torch.cat` of the whole sequence each step, which
+    is quadratic in the output length). Reordering the rows copies only the filled positions, into
+    a second buffer of the same size that is then swapped in: beam search reorders every step, and
+    writing into memory already allocated is about three times faster on a CPU than into a fresh
+    tensor. The price is up to twice the memory of the cache itself.
+    """
+
+    def __init__(self, dim: int, capacity: int | None = None) -> None:
+        self.dim, self.capacity, self.length = dim, capacity, 0
+        self.buffer: Tensor | None = None
+        self.spare: Tensor | None = None
+
+    def filled(self) -> Tensor:
+        assert self.buffer is not None
+        return self.buffer.narrow(self.dim, 0, self.length)
+
+    def append(self, value: Tensor) -> Tensor:
+        dim, new = self.dim, value.size(self.dim)
+        if self.buffer is None or self.buffer.size(dim) < self.length + new:
+            self._grow(value, self.length + new)
+        assert self.buffer is not None
+        self.buffer.narrow(dim, self.length, new).copy_(value)
+        self.length += new
+        return self.filled()
+
+    def _grow(self, value: Tensor, needed: int) -> None:
+        current = 0 if self.buffer is None else self.buffer.size(self.dim)
+        size = max(needed, 2 * current, self.capacity or 16)
+        shape = list(value.shape)
+        shape[self.dim] = size
+        grown = value.new_empty(shape)
+        if self.buffer is not None and self.length:
+            grown.narrow(self.dim, 0, self.length).copy_(self.filled())
+        self.buffer, self.spare = grown, None
+
+    def reorder(self, indices: Tensor) -> None:
+        if self.buffer is None:
+            return
+        rows = indices.size(0)
+        if torch.is_grad_enabled() and self.buffer.requires_grad:  # out= records no gradient
+            reordered = self.buffer.new_empty((rows, *self.buffer.shape[1:]))
+            reordered.narrow(self.dim, 0, self.length).copy_(self.filled().index_select(0, indices))
+            self.buffer, self.spare = reordered, None
+            return
+        if self.spare is None or self.spare.size(0) < rows or self.spare.shape[1:] != self.buffer.shape[1:]:
+            self.spare = self.buffer.new_empty((rows, *self.buffer.shape[1:]))
+        target = self.spare[:rows]
+        torch.index_select(self.filled(), 0, indices, out=target.narrow(self.dim, 0, self.length))
+        self.buffer, self.spare = target, self.buffer
 
 
 @dataclass
@@ -131,6 +221,7 @@ __all__ = [
     "AttentionWeights",
     "EncoderOutput",
     "DecoderState",
+    "GrowingSequence",
     "EncoderDecoder",
     "check_incremental",
     "count_parameters",

@@ -255,6 +255,9 @@ class Transformer(EncoderDecoder):
         pre_norm = cfg.norm == "pre"
         self.encoder_norm = nn.LayerNorm(cfg.d_model) if pre_norm else nn.Identity()
         self.decoder_norm = nn.LayerNorm(cfg.d_model) if pre_norm else nn.Identity()
+        # The pre-softmax projection is the decoder embedding matrix. None: multiply by it; int8
+        # decoding (decoding/quantize.py) puts a quantized copy here. Never saved in checkpoints.
+        self.output_projection: nn.Module | None = None
 
     @staticmethod
     def _embedding(vocab_size: int, dim: int, pad_id: int) -> nn.Embedding:
@@ -295,7 +298,11 @@ class Transformer(EncoderDecoder):
         x = self._embed(prev_tokens, self.decoder_embed, self.decoder_positions, start)
         for layer in self.decoder_layers:
             x = layer(x, memory, state)
-        logits = F.linear(self.decoder_norm(x), self.decoder_embed.weight)  # (batch, tgt_len, vocab)
+        x = self.decoder_norm(x)
+        if self.output_projection is None:
+            logits = F.linear(x, self.decoder_embed.weight)  # (batch, tgt_len, vocab)
+        else:
+            logits = self.output_projection(x)
         if state is not None:
             state.steps += 1
         return logits, state

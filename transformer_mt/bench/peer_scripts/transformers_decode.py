@@ -1,4 +1,6 @@
-"""Hugging Face transformers: `generate` on a random MarianMT model of our preset's size.
+"""Hugging Face transformers: `generate` on a random MarianMT model of our preset's size, or, given
+`model_dir`, on our own model as `transformer-mt export format=huggingface` wrote it (our ids, pad 0;
+its generation config forbids PAD and BOS, as our search does).
 
 Greedy (num_beams=1) and beam search over the harness's batches, with min_new_tokens =
 max_new_tokens = the batch's decoder steps, so that every sentence runs the decoder that many times
@@ -18,8 +20,16 @@ def measure(args: dict[str, Any]) -> dict[str, Any]:
     import transformers
 
     device = harness.setup(args)
-    model = marian.marian_model(args).to(device)
-    work = [(src.to(device), mask.to(device), steps) for src, mask, steps in marian.batches(args)]
+    if args.get("model_dir"):
+        model = transformers.MarianMTModel.from_pretrained(args["model_dir"]).eval().to(device)
+        batches = [
+            (torch.tensor(rows), torch.tensor(rows).ne(0).long(), steps)
+            for rows, steps in zip(args["batches"], args["steps"], strict=True)
+        ]
+    else:
+        model = marian.marian_model(args).to(device)
+        batches = marian.batches(args)
+    work = [(src.to(device), mask.to(device), steps) for src, mask, steps in batches]
     result: dict[str, Any] = {"seconds": {}, "output_tokens": {}, "params": harness.count_parameters(model)}
     for beam in args["beams"]:
         ran: list[int] = []
