@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e ".[dev,bench,moses]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench,moses,serve]"
 	touch $@
 
 demo: install

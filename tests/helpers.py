@@ -7,6 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
+from transformer_mt.checkpoint import FORMAT, save_checkpoint
+from transformer_mt.data.sample import generate_pairs
+from transformer_mt.data.vocab import train_vocabulary
+from transformer_mt.models import build_model
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -52,3 +59,48 @@ def run_cli(*args: str, stdin: str | None = None, env: dict | None = None, timeo
         timeout=timeout,
         cwd=cwd,
     )
+
+
+SAMPLE_SENTENCES = [
+    "The old woman sees the small dog.",
+    "Today the teacher reads a book.",
+    "The child gives the teacher a book.",
+    "A man rides a bike.",
+    "The small dog sleeps under the big tree.",
+]
+
+
+def write_random_checkpoint(
+    path: Path,
+    *,
+    model: dict | None = None,
+    decoding: dict | None = None,
+    vocab_size: int = 120,
+    seed: int = 0,
+) -> Path:
+    """A real checkpoint of a small randomly initialised model (the plumbing of decoding, serving and
+    alignment needs no trained weights), with a sentencepiece model trained on the embedded sample.
+    It stores `decoding` as its run's validation settings (default: beam 4, lenpen 0.6, at most
+    source length + 6 output tokens, which keeps a random model's searches short)."""
+    lines = [side for pair in generate_pairs(400, seed=3) for side in pair] + SAMPLE_SENTENCES
+    vocab = train_vocabulary(lines, Path(path).parent / "spm", vocab_size=vocab_size, num_threads=1)
+    model_config = model or {
+        "arch": "transformer", "d_model": 32, "ffn_dim": 64, "heads": 4, "encoder_layers": 2,
+        "decoder_layers": 2, "max_positions": 256,
+    }
+    torch.manual_seed(seed)
+    built = build_model(model_config, vocab_size=len(vocab), pad_id=vocab.pad_id)
+    decoding = decoding or {"beam": 4, "lenpen": 0.6, "max_len_a": 1.0, "max_len_b": 6}
+    save_checkpoint(
+        {
+            "format": FORMAT,
+            "model": built.state_dict(),
+            "model_config": model_config,
+            "vocab_size": built.vocab_size,
+            "sentencepiece": vocab.to_bytes(),
+            "step": 7,
+            "config": {"data": {"src_lang": "en", "tgt_lang": "de"}, "decoding": decoding},
+        },
+        path,
+    )
+    return Path(path)

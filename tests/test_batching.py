@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from transformer_mt.data import batching
 from transformer_mt.data.batching import Batch, TokenBatchSampler, collate
 from transformer_mt.data.vocab import BOS_ID, EOS_ID, PAD_ID
 
@@ -195,3 +196,40 @@ def test_every_pair_once_per_epoch_within_budget_for_any_sizes(
     assert_within_budget(everything, src, tgt, max_tokens)
     if max_sentences is not None:
         assert max(len(b) for b in everything) <= max_sentences
+
+
+def reference_batches(src, tgt, max_tokens: int, seed: int) -> list[list[int]]:
+    """The greedy cut of the sampler's docstring, pair by pair: what `_pack` must reproduce exactly."""
+    tie_break = np.random.default_rng(seed).permutation(len(src))
+    order = np.lexsort((tie_break, src, tgt)).tolist()
+    batches: list[list[int]] = []
+    for i in order:
+        batch = batches[-1] if batches else []
+        grown = [*batch, i]
+        fits = len(grown) * (max(src[grown]) + 1) <= max_tokens and len(grown) * (max(tgt[grown]) + 1) <= max_tokens
+        if batch and fits:
+            batch.append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+@pytest.mark.parametrize("chunk", [3, 64, 1 << 16])
+def test_packed_batches_equal_the_pair_by_pair_cut(monkeypatch, chunk):
+    monkeypatch.setattr(batching, "_PACK_CHUNK", chunk)  # chunk boundaries fall inside batches
+    src, tgt = random_sizes(700, seed=5)
+    sampler = TokenBatchSampler(src.astype(np.int32), tgt.astype(np.uint16), max_tokens=90, seed=4, shuffle=False)
+    assert [sampler.batches[b].tolist() for b in range(len(sampler.batches))] == reference_batches(src, tgt, 90, 4)
+    assert isinstance(sampler.batches.order, np.ndarray) and sampler.batches.order.shape == (700,)
+
+
+def test_split_batches_are_the_halves_of_the_largest():
+    src, tgt = random_sizes(301, seed=6)
+    whole = reference_batches(src, tgt, 120, 1)
+    expected = [list(b) for b in whole]
+    while len(expected) % 8:
+        largest = max(range(len(expected)), key=lambda b: len(expected[b]))
+        batch = expected[largest]
+        expected[largest : largest + 1] = [batch[: len(batch) // 2], batch[len(batch) // 2 :]]
+    sampler = TokenBatchSampler(src, tgt, max_tokens=120, world_size=2, multiple_of=4, shuffle=False)
+    assert [sampler.batches[b].tolist() for b in range(len(sampler.batches))] == expected

@@ -117,6 +117,52 @@ def test_truncated_and_missing_and_foreign_files(tmp_path):
         ckpt.load_checkpoint(foreign)
 
 
+def test_flipped_bytes_in_tensor_data_are_refused_naming_the_file(tmp_path):
+    """The digest written with a checkpoint covers every byte; one flipped bit in a tensor is refused
+    (torch.load alone reads it silently: tensor data carries no check)."""
+    path = tmp_path / "c.pt"
+    weights = torch.arange(10_000, dtype=torch.float32)
+    ckpt.save_checkpoint({**state(1.0), "model": {"w": weights}}, path)
+    data = bytearray(path.read_bytes())
+    at = data.find(weights.numpy().tobytes()) + 4 * 5000  # inside the tensor's bytes
+    data[at] ^= 0x10
+    path.write_bytes(bytes(data))
+    assert not torch.equal(torch.load(path, weights_only=True)["model"]["w"], weights)  # silently wrong
+    with pytest.raises(ckpt.CheckpointError, match=f"checkpoint {path} is corrupt: its bytes do not match"):
+        ckpt.load_checkpoint(path)
+
+
+def test_checkpoints_without_a_digest_still_load_with_a_notice(tmp_path, capsys):
+    old = tmp_path / "old.pt"
+    torch.save(state(2.0), old)  # as save_checkpoint wrote it before digests
+    assert torch.equal(ckpt.load_checkpoint(old)["model"]["embed.weight"], torch.full((4, 2), 2.0))
+    notice = capsys.readouterr().err.strip()
+    assert notice == (
+        f"transformer-mt: notice: checkpoint {old} has no digest (written before checkpoints carried one), "
+        "so its bytes cannot be checked; saving it again adds one"
+    )
+    ckpt.save_checkpoint(ckpt.load_checkpoint(old), tmp_path / "new.pt")
+    capsys.readouterr()
+    ckpt.load_checkpoint(tmp_path / "new.pt")
+    assert capsys.readouterr().err == ""
+
+
+def test_a_directory_is_not_a_checkpoint_and_the_message_says_which_file(tmp_path):
+    run = tmp_path / "run"
+    ckpt.save_checkpoint(state(1.0), run / "checkpoints/checkpoint_best.pt")
+    ckpt.save_checkpoint(state(1.0), run / "checkpoints/checkpoint_last.pt")
+    best = run / "checkpoints/checkpoint_best.pt"
+    for folder in (run, run / "checkpoints"):
+        with pytest.raises(ckpt.CheckpointError) as err:
+            ckpt.load_checkpoint(folder)
+        assert str(err.value) == (
+            f"checkpoint {folder} is a directory, not a checkpoint file; pass a file in it, e.g. checkpoint={best}"
+        )
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ckpt.CheckpointError, match=r"empty is a directory, not a checkpoint file$"):
+        ckpt.load_checkpoint(tmp_path / "empty")
+
+
 def test_rotation_keeps_the_newest(tmp_path):
     for step in (100, 200, 300, 1000):
         ckpt.save_checkpoint(state(1.0, step), tmp_path / f"checkpoint_{step}.pt")

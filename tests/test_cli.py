@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_cli
+from tests.helpers import TINY_MODEL, files_overrides, run_cli, write_small_corpus
 from transformer_mt.config import CONFIG_DIR, ConfigError, compose_config, explicit_keys, to_objects
 
 
@@ -30,6 +30,7 @@ def test_command_help_shows_the_config():
         ("trainer.update_freq=0", "update_freq"),
         ("trainer.precision=fp8", "precision"),
         ("trainer.max_minutes=-5", "max_minutes"),
+        ("trainer.lr=-1", "trainer.lr must be a positive number, got -1.0"),
     ],
 )
 def test_bad_config_is_one_clear_error_before_any_work(tmp_path, override, message):
@@ -39,6 +40,106 @@ def test_bad_config_is_one_clear_error_before_any_work(tmp_path, override, messa
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()  # nothing was started
+
+
+@pytest.mark.parametrize(
+    "command, override, message",
+    [
+        ("train", "+trainer.max_step=1", "unknown key trainer.max_step (did you mean trainer.max_steps?)"),
+        ("train", "trainer.max_step=1", "unknown key trainer.max_step (did you mean trainer.max_steps?)"),
+        ("train", "+model.windw=3", "unknown key model.windw (did you mean model.attention_window?)"),
+        ("prepare", "++data.vocab=500", "unknown key data.vocab (did you mean data.vocab_size?)"),
+        ("train", "+foo=1", "unknown key foo; known keys: data, model, trainer, decoding, output_dir"),
+        ("train", "+trainer.foo=1", "unknown key trainer.foo; trainer's keys: max_tokens, update_freq,"),
+        ("train", "trainer.lenpn=1", "unknown key trainer.lenpn (did you mean decoding.lenpen?)"),
+        ("evaluate", "beam=5", "unknown key beam (did you mean decoding.beam?)"),
+        ("evaluate", "lenpen=1.6", "unknown key lenpen (did you mean decoding.lenpen?)"),
+        ("translate", "nbest=2", "unknown key nbest (did you mean decoding.nbest?)"),
+        ("translate", "+decoding.bem=2", "unknown key decoding.bem (did you mean decoding.beam?)"),
+        ("average", "+lst=3", "unknown key lst (did you mean last?)"),
+    ],
+)
+def test_unknown_keys_are_refused_with_or_without_plus_and_the_closest_is_suggested(command, override, message):
+    """`+key=value` used to add a key that nothing reads (silently ignored); a misspelt key without
+    `+` was refused, with Hydra's advice to add it with `+`. Both now say what was probably meant."""
+    with pytest.raises(ConfigError) as err:
+        compose_config(command, [override])
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def test_an_unknown_key_is_one_line_from_every_command(tmp_path):
+    for command, typo in [("prepare", "+data.vocab=100"), ("train", "+trainer.max_step=1"), ("evaluate", "+bem=2"),
+                          ("translate", "+decoding.nbst=2"), ("average", "+lst=2")]:  # fmt: skip
+        output_dir = [f"output_dir={tmp_path / 'run'}"] if command in ("prepare", "train") else []
+        result = run_cli(command, typo, *output_dir)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert result.stderr.count("\n") == 1 and "(did you mean" in result.stderr, result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("trainer.lr=0", "trainer.lr must be a positive number"),  # -1 trained by gradient ascent
+        ("trainer.lr=nan", "trainer.lr must be a positive number"),
+        ("trainer.lr_scale=-2", "trainer.lr_scale must be a positive number"),
+        ("trainer.adam_eps=0", "trainer.adam_eps must be a positive number"),
+        ("trainer.adam_betas=[0.9,1.0]", "trainer.adam_betas must both be in [0, 1)"),
+        ("trainer.weight_decay=-0.01", "trainer.weight_decay must be 0 or a positive number"),
+        ("trainer.clip_norm=-1", "trainer.clip_norm must be 0 or a positive number"),
+        ("trainer.min_lr=-1e-5", "trainer.min_lr must be 0 or a positive number"),
+        ("trainer.max_minutes=inf", "trainer.max_minutes must be 0 or a positive number"),
+        ("trainer.keep_last=-1", "trainer.keep_last must be 0 or more"),
+        ("trainer.patience=-1", "trainer.patience must be 0 or more"),
+        ("trainer.max_epochs=-1", "trainer.max_epochs must be 0 or more"),
+        ("trainer.seed=-1", "trainer.seed must be 0 or more"),
+        ("trainer.valid_bleu_sentences=0", "trainer.valid_bleu_sentences must be at least 1"),
+        ("trainer.peak_flops=0", "trainer.peak_flops must be positive"),
+        ("data.character_coverage=0", "data.character_coverage must be in (0, 1]"),
+        ("data.max_len=0", "data.max_len (0) and data.max_chars (4096) must be at least 1"),
+        ("data.max_len_ratio=inf", "max_len_ratio (inf) >= 1"),
+        ("decoding.max_len_a=nan", "max_len_a=nan"),
+        ("decoding.temperature=inf", "temperature=inf must be a positive number"),
+        ("model.dropout=nan", "dropout=nan must be in [0, 1)"),
+        ("model.heads=0", "heads=0 must be a positive integer"),
+    ],
+)
+def test_values_that_make_no_sense_are_refused_naming_the_key(override, message):
+    with pytest.raises(ConfigError) as err:
+        to_objects(compose_config("train", [override]))
+    assert message in str(err.value)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(corpus, checkpoint) of a one-step run of a tiny model, made by the CLI."""
+    folder = tmp_path_factory.mktemp("tiny")
+    corpus = write_small_corpus(folder / "corpus", train_size=200)
+    run = folder / "run"
+    quick = ["trainer.max_steps=1", "trainer.max_tokens=512", "trainer.valid_bleu=false", "trainer.device=cpu"]
+    result = run_cli("train", *files_overrides(corpus), *TINY_MODEL, *quick, f"output_dir={run}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return corpus, run / "checkpoints/checkpoint_last.pt"
+
+
+@pytest.mark.parametrize("command", ["translate", "evaluate"])
+@pytest.mark.parametrize(
+    "device, message",
+    [
+        ("gpu", "device='gpu' is not one of: auto, cpu, cuda"),  # was a RuntimeError traceback
+        ("cuda", "device=cuda but no CUDA device is visible; use device=cpu"),  # was an AssertionError
+    ],
+)
+def test_decoding_commands_refuse_a_device_they_cannot_use_in_one_line(tiny_run, command, device, message):
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible here")
+    corpus, checkpoint = tiny_run
+    files = [f"input={corpus}/test.en", f"reference={corpus}/test.de"] if command == "evaluate" else []
+    result = run_cli(command, f"checkpoint={checkpoint}", f"device={device}", *files, stdin="a dog\n")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip() == f"transformer-mt {command}: error: {message}"
 
 
 def test_unknown_command_is_refused():

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import datasets
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from transformer_mt.data import corpus
 from transformer_mt.data.corpus import (
@@ -15,6 +17,7 @@ from transformer_mt.data.corpus import (
     HFCorpus,
     TextCorpus,
     clean_pairs,
+    count_lines,
     read_lines,
 )
 
@@ -243,3 +246,28 @@ def test_unreachable_hub_gives_one_line_naming_the_offline_alternatives(tmp_path
     message = result.stdout.strip()
     assert "\n" not in message
     assert "network" in message and "data.hf_path=DIR" in message and "data.source=files" in message
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.text(alphabet="a\r\né ", max_size=30).map(str.encode), chunk=st.integers(1, 7))
+def test_line_count_on_the_bytes_is_what_read_lines_yields(tmp_path_factory, data, chunk):
+    path = tmp_path_factory.mktemp("lines") / "x.txt"
+    path.write_bytes(data)
+    if not data:
+        return  # an empty file is an error either way
+    original = corpus._CHUNK_BYTES
+    corpus._CHUNK_BYTES = chunk
+    try:
+        assert count_lines(path) == sum(1 for _ in read_lines(path)), data
+    finally:
+        corpus._CHUNK_BYTES = original
+
+
+def test_misaligned_split_is_found_by_counting_before_reading(tmp_path):
+    corpus_files = TextCorpus(
+        {"train": write_pair(tmp_path, "train", "a\nb\n", "c\nd\n"), "valid": write_pair(tmp_path, "valid", "a\nb\r", "c\n")},
+        "en",
+        "de",
+    )
+    with pytest.raises(CorpusError, match=r"valid\.en has 2 lines but .*valid\.de has 1"):
+        corpus_files.check()

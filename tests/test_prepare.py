@@ -2,15 +2,21 @@
 
 import json
 import random
+import subprocess
+import sys
+import tracemalloc
 from pathlib import Path
 
 import datasets
 import pytest
+import sentencepiece as spm
 import yaml
 from omegaconf import OmegaConf
 
-from transformer_mt.data.corpus import CorpusError
+from tests.helpers import REPO, run_cli
+from transformer_mt.data.corpus import CorpusError, HFCorpus
 from transformer_mt.data.prepare import DataConfig, _Reservoir, load_prepared, prepare_data
+from transformer_mt.data.vocab import train_vocabulary
 
 CONFIG_DIR = Path(__file__).parents[1] / "transformer_mt" / "configs" / "data"
 WORDS = {
@@ -82,6 +88,11 @@ def test_prepare_writes_every_split_and_the_references(corpus, tmp_path):
     manifest = json.loads((tmp_path / "run" / "data" / "manifest.json").read_text())
     assert manifest["splits"]["train"]["pairs"] == 298 and manifest["cleaning"]["too_long"] == 1
     assert manifest["vocab_sha256"] and manifest["config_sha256"] and len(manifest["key"]["inputs"]) == 6
+    stages = {"hash", "check", "clean", "vocab", "encode", "encode_read", "encode_sentencepiece", "encode_write"}
+    assert stages | {"total"} == set(manifest["seconds"])
+    assert sum(manifest["seconds"][s] for s in ("encode_read", "encode_sentencepiece", "encode_write")) <= (
+        manifest["seconds"]["encode"]
+    )
 
 
 def test_megabyte_test_line_is_kept_and_encoded(corpus, tmp_path):
@@ -257,3 +268,248 @@ def test_moses_tokenized_train_is_detokenized(tmp_path):
 def test_unknown_detokenizer_is_refused():
     with pytest.raises(ValueError, match="detokenize_train"):
         DataConfig(detokenize_train="spacy")
+
+
+# ----------------------------------------------------------------------------- issue 16, cases 10-12
+
+
+def test_misaligned_valid_is_reported_before_train_is_cleaned(corpus, tmp_path):
+    with open(f"{corpus.valid}.en", "a", encoding="utf-8") as f:
+        f.write("one line more\n")
+    logs: list[str] = []
+    with pytest.raises(CorpusError, match=r"valid\.en has 13 lines but .*valid\.de has 12"):
+        prepare_data(corpus, tmp_path / "run", log=logs.append)
+    assert not any("pairs read" in line for line in logs), logs  # train was not read, let alone cleaned
+    assert not (tmp_path / "run" / "data" / "spm.model").exists()
+
+
+def test_vocabulary_smaller_than_asked_says_what_was_asked_and_made(corpus, tmp_path):
+    corpus.vocab_size = 100_000
+    logs: list[str] = []
+    data = prepare_data(corpus, tmp_path / "run", log=logs.append)
+    assert len(data.vocab) < 1000
+    said = [line for line in logs if "asked for" in line]
+    assert said == [
+        f"data: the vocabulary has {len(data.vocab)} pieces, not the 100000 asked for (data.vocab_size): that is "
+        f"all that sentencepiece BPE makes of these 596 lines; set data.vocab_size={len(data.vocab)} or less "
+        "to make this explicit"
+    ]
+    corpus.vocab_size, logs = len(data.vocab), []
+    prepare_data(corpus, tmp_path / "again", log=logs.append)
+    assert not any("asked for" in line for line in logs)  # made what was asked: nothing to say
+
+
+def _prepare_with_file_size_limit(tmp_path, limit: int, corpus: Path) -> tuple[int, str]:
+    """`transformer-mt prepare` in a process that may write no file beyond `limit` bytes: a real write
+    error from the kernel (EFBIG, as a full disk gives ENOSPC), with SIGXFSZ ignored as a shell can."""
+    code = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
+        "from transformer_mt.cli import main\n"
+        "main(sys.argv[1:])\n"
+    )
+    args = ["data=files", f"data.train={corpus}", f"data.valid={corpus}", f"data.test={corpus}", "data.vocab_size=60"]
+    result = subprocess.run(
+        [sys.executable, "-c", code, "prepare", *args, f"output_dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )
+    return result.returncode, result.stderr
+
+
+def test_a_full_disk_names_the_file_it_could_not_write(tmp_path):
+    english, german = sentences(4000, seed=3)
+    english = [" ".join([line] * 8) for line in english]  # about 40 words a line: train.en.bin near 300 KB
+    german = [" ".join([line] * 8) for line in german]
+    prefix = Path(write(tmp_path / "big", english, german))
+    # The sentencepiece model (about 250 KB) fits in 280 KB, the first array does not.
+    code, stderr = _prepare_with_file_size_limit(tmp_path, 280_000, prefix)
+    lines = stderr.strip().splitlines()
+    assert code == 2 and len(lines) == 1, stderr
+    assert "File too large" in lines[0] and str(tmp_path / "run" / "data" / "train.en.bin") in lines[0], stderr
+    # Below the model's size: sentencepiece writes it cut short without saying so; we do, naming it.
+    code, stderr = _prepare_with_file_size_limit(tmp_path, 100_000, prefix)
+    assert code == 2 and str(tmp_path / "run" / "data" / "spm.model") in stderr, stderr
+    assert "unreadable model" in stderr and "Traceback" not in stderr
+
+
+# ----------------------------------------------------------------------------- data.root (issue 16)
+
+
+def _fake_multi30k(root: Path) -> None:
+    (root / "multi30k").mkdir(parents=True)
+    for split, n in (("train", 200), ("valid", 10), ("test", 10)):
+        write(root / "multi30k" / split, *sentences(n, seed=len(split)))
+
+
+def test_corpus_presets_find_their_files_under_the_data_root_from_anywhere(tmp_path):
+    _fake_multi30k(tmp_path / "corpora")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {"TRANSFORMER_MT_DATA": str(tmp_path / "corpora")}
+    args = ("prepare", "data=multi30k_en_de", "data.vocab_size=60", "data.workers=1", "output_dir=run")
+    result = run_cli(*args, env=env, cwd=elsewhere)
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((elsewhere / "run" / "data" / "manifest.json").read_text())
+    assert sorted(manifest["key"]["inputs"])[0] == str(tmp_path / "corpora" / "multi30k" / "test.de")
+    explicit = run_cli(*args[:-1], f"data.root={tmp_path / 'corpora'}", "output_dir=run2", cwd=elsewhere,
+                       env={"TRANSFORMER_MT_DATA": str(tmp_path / "nowhere")})
+    assert explicit.returncode == 0, explicit.stderr
+
+
+def test_missing_corpus_names_every_file_the_data_root_and_where_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("TRANSFORMER_MT_DATA", raising=False)
+    result = run_cli("prepare", "data=multi30k_en_de", "output_dir=run", cwd=tmp_path)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    for split in ("train", "valid", "test"):
+        assert f"../shared/data/multi30k/{split}.en" in line and f"../shared/data/multi30k/{split}.de" in line
+    assert f"relative paths from {tmp_path}" in line and "TRANSFORMER_MT_DATA is not set" in line
+    assert "TRANSFORMER_MT_DATA=DIR or data.root=DIR" in line and "github.com/multi30k/dataset" in line
+
+
+# ----------------------------------------------------------------------------- data.spm_model
+
+
+def _corpus_lines(corpus: DataConfig) -> list[str]:
+    return [
+        line
+        for lang in ("en", "de")
+        for line in Path(f"{corpus.train}.{lang}").read_text(encoding="utf-8").splitlines()
+        if line
+    ]
+
+
+def test_a_given_sentencepiece_model_with_our_ids_is_used_as_it_is(corpus, tmp_path):
+    given = train_vocabulary(_corpus_lines(corpus), tmp_path / "mine" / "spm", vocab_size=50, num_threads=1)
+    corpus.spm_model, corpus.vocab_size = str(tmp_path / "mine" / "spm.model"), 8000  # vocab_size: not used
+    logs: list[str] = []
+    data = prepare_data(corpus, tmp_path / "run", log=logs.append)
+    assert data.spm_path.read_bytes() == given.to_bytes() and len(data.vocab) == len(given)
+    assert any("as it is" in line for line in logs) and not any("training a" in line for line in logs)
+    english = Path(f"{corpus.train}.en").read_text(encoding="utf-8").splitlines()
+    assert data.vocab.decode(data.dataset("train")[0][0].tolist()) == english[0]
+    assert data.manifest["key"]["inputs"]["data.spm_model"]
+
+    corpus.vocab_size = 60  # irrelevant with a given model: loaded, not prepared again
+    assert "already prepared" in _first_log(corpus, tmp_path / "run")
+    train_vocabulary(_corpus_lines(corpus)[:100], tmp_path / "mine" / "spm", vocab_size=40, num_threads=1)
+    assert "preparing again" in _first_log(corpus, tmp_path / "run")  # another model in the same file
+
+
+def _first_log(corpus: DataConfig, output_dir: Path) -> str:
+    logs: list[str] = []
+    prepare_data(corpus, output_dir, log=logs.append)
+    return logs[0]
+
+
+def test_a_given_sentencepiece_model_with_other_ids_gets_ours_and_segments_as_before(corpus, tmp_path):
+    # sentencepiece's default layout (unk 0, bos 1, eos 2, no pad), as many pretrained systems ship it
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_corpus_lines(corpus)), model_prefix=str(tmp_path / "theirs"),
+        vocab_size=50, model_type="unigram", minloglevel=2,
+    )
+    theirs = spm.SentencePieceProcessor(model_file=str(tmp_path / "theirs.model"))
+    assert (theirs.pad_id(), theirs.unk_id(), theirs.bos_id(), theirs.eos_id()) == (-1, 0, 1, 2)
+    corpus.spm_model = str(tmp_path / "theirs.model")
+    logs: list[str] = []
+    data = prepare_data(corpus, tmp_path / "run", log=logs.append)
+    assert any("has special ids pad -1, unk 0, bos 1, eos 2" in line for line in logs), logs
+    ours = spm.SentencePieceProcessor(model_file=str(data.spm_path))
+    assert (ours.pad_id(), ours.unk_id(), ours.bos_id(), ours.eos_id()) == (0, 1, 2, 3)
+    assert len(data.vocab) == len(theirs) + 1  # a pad piece added
+    for line in _corpus_lines(corpus)[:50] + ["the small XYZ dog"]:
+        assert data.vocab.pieces(line) == theirs.encode(line, out_type=str)
+    english = Path(f"{corpus.train}.en").read_text(encoding="utf-8").splitlines()
+    assert data.vocab.decode(data.dataset("train")[0][0].tolist()) == english[0]
+
+
+def test_a_given_model_is_adopted_without_protobuf_installed(corpus, tmp_path):
+    # sentencepiece's generated sentencepiece_model_pb2 refuses every protobuf runtime but its own
+    # (7.36 for sentencepiece 0.2.1): the package, and adopting a model, must not need it.
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_corpus_lines(corpus)), model_prefix=str(tmp_path / "theirs"),
+        vocab_size=50, model_type="bpe", pad_id=3, unk_id=0, bos_id=1, eos_id=2, minloglevel=2,
+    )
+    script = (
+        "import sys; sys.modules['google.protobuf'] = None\n"  # `import google.protobuf` now fails
+        "from transformer_mt.data.vocab import adopt_vocabulary\n"
+        f"vocab, note = adopt_vocabulary({str(tmp_path / 'theirs.model')!r}, {str(tmp_path / 'ours')!r})\n"
+        "print(note)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "has special ids pad 3, unk 0, bos 1, eos 2" in done.stdout
+    theirs = spm.SentencePieceProcessor(model_file=str(tmp_path / "theirs.model"))
+    ours = spm.SentencePieceProcessor(model_file=str(tmp_path / "ours.model"))
+    assert (ours.pad_id(), ours.unk_id(), ours.bos_id(), ours.eos_id()) == (0, 1, 2, 3)
+    assert ours.get_piece_size() == theirs.get_piece_size()  # every special piece was there: none added
+    assert [ours.id_to_piece(i) for i in range(4)] == ["<pad>", "<unk>", "<s>", "</s>"]
+    for line in _corpus_lines(corpus)[:50]:
+        assert ours.encode(line, out_type=str) == theirs.encode(line, out_type=str)
+
+
+def test_a_file_that_is_not_a_sentencepiece_model_is_one_clear_error(corpus, tmp_path):
+    (tmp_path / "spm.vocab").write_text("<unk>\t0\n▁the\t-1\n")
+    corpus.spm_model = str(tmp_path / "spm.vocab")
+    with pytest.raises(ValueError, match=r"spm\.vocab: not a sentencepiece model .* give the \.model file"):
+        prepare_data(corpus, tmp_path / "run", log=lambda _: None)
+    corpus.spm_model = str(tmp_path / "absent.model")
+    with pytest.raises(FileNotFoundError, match=r"data\.spm_model=.*absent\.model: file not found"):
+        prepare_data(corpus, tmp_path / "run", log=lambda _: None)
+
+
+# ----------------------------------------------------------------------------- the wmt14 schema at scale
+
+WMT14_FEATURES = datasets.Features({"translation": datasets.Translation(languages=["de", "en"])})
+
+
+def _wmt14_split(n: int, seed: int) -> datasets.Dataset:
+    """Rows as the hub's wmt14/de-en has them: {"translation": {"de": ..., "en": ...}}."""
+    rng = random.Random(seed)
+    words = list(WORDS)
+    english = [" ".join(rng.choices(words, k=rng.randint(2, 12))) + f" {i}" for i in range(n)]
+    rows = [{"de": " ".join(WORDS.get(w, w) for w in line.split()), "en": line} for line in english]
+    return datasets.Dataset.from_dict({"translation": rows}, features=WMT14_FEATURES)
+
+
+@pytest.fixture(scope="module")
+def saved_wmt14(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("wmt14") / "de-en"
+    splits = {"train": _wmt14_split(200_000, 0), "validation": _wmt14_split(300, 1), "test": _wmt14_split(300, 2)}
+    datasets.DatasetDict(splits).save_to_disk(str(path), max_shard_size="2MB")  # several Arrow files
+    assert len(list((path / "train").glob("*.arrow"))) > 1
+    return path
+
+
+def test_wmt14_schema_streams_200k_pairs_without_holding_the_split_in_python(saved_wmt14):
+    corpus = HFCorpus("en", "de", path=str(saved_wmt14))
+    tracemalloc.start()
+    count, first, last = 0, None, None
+    for pair in corpus.pairs("train"):
+        first = first or pair
+        count, last = count + 1, pair
+    streamed = tracemalloc.get_traced_memory()[1]
+    tracemalloc.reset_peak()
+    held = list(corpus.pairs("train"))  # what materializing the split in Python lists costs
+    materialized = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert count == len(held) == 200_000 and first == held[0] and last == held[-1]
+    assert first[0].endswith(" 0") and last[0].endswith(" 199999") and first[1].split()[0] in WORDS.values()
+    assert streamed < materialized / 5, (streamed, materialized)
+
+
+def test_wmt14_schema_prepares_at_200k_pairs(saved_wmt14, tmp_path):
+    cfg = DataConfig(source="hf", hf_path=str(saved_wmt14), vocab_size=80, spm_train_lines=4000, workers=2,
+                     max_len_ratio=1.5)
+    data = prepare_data(cfg, tmp_path / "run", log=lambda _: None)
+    assert len(data.dataset("train")) == data.manifest["cleaning"]["kept"] > 150_000
+    assert [len(data.dataset(s)) for s in ("valid", "test")] == [300, 300]
+    reference = data.text_paths("test")[1].read_text(encoding="utf-8").splitlines()
+    assert reference[7] == _wmt14_split(300, 2)[7]["translation"]["de"]
+
+
+def test_wmt14_schema_with_other_languages_is_refused_before_train_is_read(saved_wmt14):
+    corpus = HFCorpus("en", "fr", path=str(saved_wmt14))
+    with pytest.raises(CorpusError, match=r"no 'en' or 'fr' text \(its translations are in \['de', 'en'\]\)"):
+        corpus.check()

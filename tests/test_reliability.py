@@ -364,7 +364,7 @@ def test_broken_and_mismatched_checkpoints_are_one_line_from_translate(straight,
         if isinstance(content, bytes):
             path.write_bytes(content)
         else:
-            torch.save(content, path)
+            ckpt.save_checkpoint(content, path)
         bad[name] = (path, message)
 
     write("empty", b"", "is empty")
@@ -618,3 +618,175 @@ def test_ddp_survives_a_dead_rank_resumes_and_stops_together(straight, corpus, t
     saved = ckpt.load_checkpoint(run / "checkpoints/checkpoint_last.pt")
     assert resume_from < stopped_at == saved["step"] and len(saved["rng"]) == 2
     assert "stopped: SIGTERM received" in (run / "train.log").read_text()
+
+
+# ----------------------------------------------------------------------------- commands that must not destroy a file
+
+
+def test_an_output_that_is_an_input_is_refused_before_anything_is_written(straight, tmp_path, capsys):
+    """`translate input=F output=F` used to empty F, and `evaluate output=REF` to overwrite the
+    reference: the same file by any name (a hard or a symbolic link too) is refused first."""
+    checkpoint = straight / "checkpoints/checkpoint_last.pt"
+    source, reference = tmp_path / "src.txt", tmp_path / "ref.txt"
+    source.write_text("the dog sees the house\na man\n")
+    reference.write_text("der Hund sieht das Haus\nein Mann\n")
+    os.link(source, tmp_path / "hard.txt")
+    (tmp_path / "soft.txt").symlink_to(source)
+    for output in (source, tmp_path / "hard.txt", tmp_path / "soft.txt"):
+        error = cli_error(capsys, ["translate", f"checkpoint={checkpoint}", f"input={source}", f"output={output}"])
+        assert f"output={output} is the same file as input={source}" in error, error
+    error = cli_error(capsys, ["translate", f"checkpoint={checkpoint}", f"input={source}", f"output={checkpoint}"])
+    assert "is the same file as checkpoint=" in error
+    evaluate = ["evaluate", f"checkpoint={checkpoint}", f"input={source}", f"reference={reference}"]
+    error = cli_error(capsys, [*evaluate, f"output={reference}"])
+    assert f"output={reference} is the same file as reference={reference}" in error
+    error = cli_error(capsys, [*evaluate, f"report={tmp_path / 'hard.txt'}"])
+    assert "is the same file as input=" in error
+    assert source.read_text() == "the dog sees the house\na man\n"
+    assert reference.read_text() == "der Hund sieht das Haus\nein Mann\n"
+    assert os.readlink(tmp_path / "soft.txt") == str(source)
+
+
+def test_translate_output_replaces_the_file_only_when_done(straight, tmp_path):
+    """The translation goes to a temporary file beside output= and is renamed at the end: a translate
+    killed half-way (here waiting for more input on a pipe) leaves the previous file whole."""
+    checkpoint = straight / "checkpoints/checkpoint_last.pt"
+    output = tmp_path / "out.txt"
+    output.write_text("the previous translation\n")
+    output.chmod(0o640)
+    fifo = tmp_path / "input.fifo"
+    os.mkfifo(fifo)
+    command = [sys.executable, "-m", "transformer_mt", "translate", f"checkpoint={checkpoint}"]
+    translating = Background([*command, f"input={fifo}", f"output={output}", "decoding.beam=1"])
+    with open(fifo, "w") as feed:
+        feed.write("the dog sees the house\n" * 3)
+        feed.flush()
+        time.sleep(3)  # the model is loaded and the first lines read; it waits for the rest
+        translating.process.kill()
+        assert translating.finish() == -signal.SIGKILL
+    assert output.read_text() == "the previous translation\n"
+
+    (tmp_path / "in.txt").write_text("the dog sees the house\n\na man\n")
+    before = set(tmp_path.iterdir())  # with the kill's temporary file (kill -9 leaves it; it is hidden)
+    result = run_cli("translate", f"checkpoint={checkpoint}", f"input={tmp_path / 'in.txt'}", f"output={output}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert output.read_text().count("\n") == 3 and output.stat().st_mode & 0o777 == 0o640
+    assert set(tmp_path.iterdir()) == before  # the finished run's temporary file became out.txt
+
+
+def test_translate_warns_on_one_line_naming_the_line_of_the_whole_input(straight):
+    """Lines are translated 2,000 at a time: the truncation warning counts from the start of the
+    input, not of the chunk, and is one line on stderr (not Python's two-line warning)."""
+    lines = [""] * 2500 + ["the dog sees the house " * 300, "a man"]
+    result = run_cli(
+        "translate", f"checkpoint={straight / 'checkpoints/checkpoint_last.pt'}", "decoding.beam=1",
+        "decoding.max_len_a=0", "decoding.max_len_b=3", stdin="\n".join(lines) + "\n",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("\n") == len(lines)
+    assert result.stderr.strip().splitlines() == [
+        "transformer-mt: warning: input line 2501: 3000 subword tokens do not fit the model's "
+        "max_positions=1024; translating only the first 1023"
+    ], result.stderr
+
+
+def test_nbest_gives_k_lines_for_every_input_line_even_an_empty_one(straight):
+    result = run_cli(
+        "translate", f"checkpoint={straight / 'checkpoints/checkpoint_last.pt'}", "decoding.beam=3",
+        "decoding.nbest=2", stdin="the dog\n\n   \na man\n",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert [(index, rank) for index, rank, *_ in rows] == [(str(i), str(r)) for i in range(4) for r in (1, 2)]
+    assert rows[2] == rows[3][:1] + ["1"] + rows[3][2:] and rows[2][3] == ""  # the empty line's translation, twice
+
+
+def test_average_never_replaces_a_training_checkpoint(straight, tmp_path, capsys):
+    """`average output=RUN/checkpoints/checkpoint_last.pt` used to replace the training state (the next
+    train failed with KeyError 'optimizer')."""
+    run = tmp_path / "run"
+    shutil.copytree(straight / "checkpoints", run / "checkpoints")
+    last = run / "checkpoints/checkpoint_last.pt"
+    before = last.read_bytes()
+    for name in ("checkpoint_last.pt", "checkpoint_best.pt", "checkpoint_20.pt"):
+        error = cli_error(capsys, ["average", f"output_dir={run}", f"output={run / 'checkpoints' / name}"], one_line=True)
+        assert f"{name} is a name training uses for its own checkpoints" in error, error
+    shutil.copy(last, tmp_path / "state.pt")
+    error = cli_error(capsys, ["average", f"output_dir={run}", f"output={tmp_path / 'state.pt'}"], one_line=True)
+    assert "is a training checkpoint" in error
+    (tmp_path / "notes.txt").write_text("my notes\n")
+    error = cli_error(capsys, ["average", f"output_dir={run}", f"output={tmp_path / 'notes.txt'}"], one_line=True)
+    assert "exists and is not a checkpoint" in error
+    error = cli_error(capsys, ["average", f"output_dir={run}", "last=0"], one_line=True)
+    assert "last=0 must be at least 1" in error
+    assert last.read_bytes() == before and (tmp_path / "notes.txt").read_text() == "my notes\n"
+
+    steps = len(ckpt.step_checkpoints(run / "checkpoints"))
+    for _ in range(2):  # and again over its own previous average
+        result = run_cli("average", f"output_dir={run}", "last=10")
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert f"holds {steps} step checkpoint(s), fewer than last=10; averaging those {steps}" in result.stderr
+    assert "optimizer" not in ckpt.load_checkpoint(run / "checkpoints/checkpoint_avg_last10.pt")
+
+
+def test_average_refuses_mismatched_and_malformed_checkpoints_in_one_line(straight, tmp_path, capsys):
+    good = straight / "checkpoints/checkpoint_last.pt"
+    state = ckpt.load_checkpoint(good)
+    other_vocab = train_vocabulary([f"w{i} v{i}" for i in range(300)], tmp_path / "spm", vocab_size=200, num_threads=1)
+    first_name = next(iter(state["model"]))
+    wider = {**state["model"], first_name: torch.zeros(3, 5)}
+    cases = {
+        "other_vocab": ({**state, "sentencepiece": other_vocab.to_bytes()}, "their vocabularies differ (piece "),
+        "other_shape": ({**state, "model": wider}, f"tensor {first_name!r} is {tuple(state['model'][first_name].shape)}"),
+        "no_model": ({k: v for k, v in state.items() if k != "model"}, "holds no model parameters"),
+        "not_tensors": ({**state, "model": {"w": "text"}}, "model entry 'w' is not a tensor"),
+    }
+    for name, (content, message) in cases.items():
+        path = tmp_path / f"{name}.pt"
+        ckpt.save_checkpoint(content, path)
+        error = cli_error(capsys, ["average", f"checkpoints=[{good},{path}]", f"output={tmp_path}/avg.pt"], one_line=True)
+        assert message in error, error
+        if name.startswith("other"):
+            assert f"cannot average {good} and {path}" in error
+    assert not (tmp_path / "avg.pt").exists()
+
+
+def test_runs_on_the_same_data_in_other_folders_resume_and_ensemble(straight, corpus, tmp_path, capsys):
+    """A vocabulary prepared from the same data in another folder is the same vocabulary (its
+    serialized model differs only in the paths it records): a checkpoint copied there resumes
+    bit-exact, and checkpoints of both folders make an ensemble."""
+    moved = tmp_path / "elsewhere/run"
+    result = run_cli("prepare", *files_overrides(corpus), f"output_dir={moved}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (moved / "data/spm.model").read_bytes() != (straight / "data/spm.model").read_bytes()
+    (moved / "checkpoints").mkdir()
+    shutil.copy(straight / "checkpoints/checkpoint_8.pt", moved / "checkpoints/checkpoint_last.pt")
+    result = run_cli("train", *train_args(moved, corpus))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_parameters(moved, straight)
+
+    checkpoints = f"checkpoint=[{straight / 'checkpoints/checkpoint_last.pt'},{moved / 'checkpoints/checkpoint_last.pt'}]"
+    result = run_cli("translate", checkpoints, "decoding.beam=2", stdin="the dog sees the house\n")
+    assert result.returncode == 0 and result.stdout.count("\n") == 1, result.stderr[-3000:]
+
+
+def test_corrupt_bytes_model_less_checkpoints_and_folders_are_one_line(straight, tmp_path, capsys):
+    """A flipped byte in a tensor used to translate silently; a checkpoint with the format tag but
+    no model gave KeyError tracebacks in evaluate; a run folder as checkpoint= said "not found"."""
+    good = straight / "checkpoints/checkpoint_last.pt"
+    state = ckpt.load_checkpoint(good)
+    data = bytearray(good.read_bytes())
+    tensor = next(t for t in state["model"].values() if t.numel() > 1000)
+    data[data.find(tensor.numpy().tobytes()) + 2000] ^= 0x01
+    (tmp_path / "flipped.pt").write_bytes(bytes(data))
+    error = cli_error(capsys, ["translate", f"checkpoint={tmp_path / 'flipped.pt'}"], one_line=True)
+    assert f"checkpoint {tmp_path / 'flipped.pt'} is corrupt" in error
+
+    (tmp_path / "elsewhere").mkdir()
+    ckpt.save_checkpoint({"format": ckpt.FORMAT}, tmp_path / "elsewhere/tag_only.pt")
+    for command in ("evaluate", "translate"):
+        error = cli_error(capsys, [command, f"checkpoint={tmp_path / 'elsewhere/tag_only.pt'}"], one_line=True)
+        assert str(tmp_path / "elsewhere/tag_only.pt") in error and "KeyError" not in error, error
+
+    error = cli_error(capsys, ["translate", f"checkpoint={straight}"], one_line=True)
+    assert error.endswith(f"is a directory, not a checkpoint file; pass a file in it, e.g. checkpoint={straight / 'checkpoints/checkpoint_best.pt'}")

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from tests.helpers import run_cli
 from transformer_mt.checkpoint import FORMAT, save_checkpoint
 from transformer_mt.data.vocab import EOS_ID, PAD_ID, Vocabulary, train_vocabulary
+from transformer_mt.decoding.scoring import corpus_scores
 from transformer_mt.decoding.search import DecodingConfig
 from transformer_mt.decoding.translator import Translation, Translator, format_nbest
 from transformer_mt.models import build_model
@@ -218,3 +219,28 @@ def test_evaluate_reports_the_stored_decoding_with_command_line_keys_on_top(voca
         assert result.returncode == 0, result.stderr
         decoding = json.loads(report.read_text())["decoding"]
         assert (decoding["beam"], decoding["lenpen"]) == expected, extra
+
+
+def test_evaluate_tokenized_bleu_reports_the_papers_protocol_beside_sacrebleu(vocab, tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    _checkpoint_with_decoding(vocab, path, {"beam": 1, "max_len_b": 5})
+    (tmp_path / "src.txt").write_text("the cat sat on a mat\na dog ran to the house\n")
+    (tmp_path / "ref.de").write_text("the big-red cat sat\na dog ran\n")
+    report, hypotheses = tmp_path / "report.json", tmp_path / "hyp.txt"
+    common = [f"checkpoint={path}", f"input={tmp_path}/src.txt", "device=cpu", "tokenized_bleu=true"]
+    result = run_cli("evaluate", *common, f"reference={tmp_path}/ref.de", f"report={report}", f"output={hypotheses}")
+    assert result.returncode == 0, result.stderr
+    scores = json.loads(report.read_text())["scores"]
+    expected = corpus_scores(
+        hypotheses.read_text().splitlines(), ["the big-red cat sat", "a dog ran"], tokenized_bleu=True, target_lang="de"
+    )
+    assert scores["bleu_tokenized_compound_split"] == expected["bleu_tokenized_compound_split"]
+    assert "moses-de" in scores["bleu_tokenized_compound_split_signature"]
+    assert "the paper's protocol" in result.stdout and scores["bleu_signature"] in result.stdout
+    assert "sacreBLEU chrF" in result.stdout
+
+    (tmp_path / "ref.txt").write_text("the cat sat\na dog ran\n")
+    unnamed = run_cli("evaluate", *common, f"reference={tmp_path}/ref.txt")
+    assert unnamed.returncode == 2 and "target_lang=de" in unnamed.stderr
+    named = run_cli("evaluate", *common, f"reference={tmp_path}/ref.txt", "target_lang=de")
+    assert named.returncode == 0 and "moses-de" in named.stdout, named.stderr

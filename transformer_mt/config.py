@@ -11,6 +11,8 @@ rank would otherwise make its own).
 # ruff: noqa: UP006, UP035, UP045 -- OmegaConf reads the dataclass fields: List/Optional, not list/X | None.
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,13 +22,14 @@ from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.errors import HydraException
 from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from transformer_mt.data.prepare import DataConfig
 from transformer_mt.decoding.search import DecodingConfig
 from transformer_mt.models.convs2s import ConvS2SConfig
 from transformer_mt.models.lstm import LSTMConfig
 from transformer_mt.models.transformer import TransformerConfig
+from transformer_mt.serve.settings import ServerConfig
 from transformer_mt.training.trainer import TrainerConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -72,7 +75,10 @@ class EvaluateConfig:
     reference: Optional[str] = None
     output: Optional[str] = None  # write the hypotheses here
     report: Optional[str] = None  # write scores, signatures and settings here as JSON
-    tokenized_bleu: bool = False
+    tokenized_bleu: bool = False  # also the paper's BLEU (Moses tokenizer, compound splitting; needs sacremoses)
+    # The reference's language, for sacreBLEU and the Moses tokenizer; default: the prepared data's,
+    # or the reference file's suffix (newstest2014.de).
+    target_lang: Optional[str] = None
     device: str = "auto"
     precision: str = "fp32"
     # How to decode: what the checkpoint's run validated with, and decoding.KEY=VALUE on top.
@@ -87,9 +93,24 @@ class TranslateConfig:
     checkpoint: Any = None
     input: Optional[str] = None  # default: standard input
     output: Optional[str] = None  # default: standard output
+    print_alignment: bool = False  # add each line's alignment from attention (decoding/alignment.py)
     device: str = "auto"
     precision: str = "fp32"
     decoding: DecodingConfig = MISSING  # as in evaluate
+
+
+@dataclass
+class ServeConfig:
+    """`serve`: a translation service over one checkpoint (needs the `serve` extra)."""
+
+    defaults: List[Any] = field(default_factory=_decoding_defaults)
+    checkpoint: Optional[str] = None
+    host: str = "127.0.0.1"  # 0.0.0.0 to listen on every interface
+    port: int = 8080
+    device: str = "auto"
+    precision: str = "fp32"
+    server: ServerConfig = field(default_factory=ServerConfig)  # batching window, limits, shutdown
+    decoding: DecodingConfig = MISSING  # the defaults of requests, as in translate
 
 
 @dataclass
@@ -101,6 +122,10 @@ class AverageConfig:
     checkpoints: Optional[List[str]] = None  # or these files
     output: Optional[str] = None  # default: <output_dir>/checkpoints/checkpoint_avg_last<N>.pt
 
+    def __post_init__(self) -> None:
+        if self.last < 1:
+            raise ValueError(f"last={self.last} must be at least 1 (the number of checkpoints to average)")
+
 
 ROOTS = {
     "prepare": TrainRunConfig,
@@ -108,6 +133,7 @@ ROOTS = {
     "evaluate": EvaluateConfig,
     "translate": TranslateConfig,
     "average": AverageConfig,
+    "serve": ServeConfig,
 }
 
 
@@ -124,16 +150,108 @@ def register() -> None:
 
 
 def compose_config(command: str, overrides: list[str]) -> DictConfig:
-    """The composed (not yet instantiated) config of `command` with command-line overrides."""
-    register()
+    """The composed (not yet instantiated) config of `command` with command-line overrides.
+
+    A key that no schema has is refused with the closest known key, whether Hydra refuses it
+    (`trainer.foo=1`) or would add it to a node that nothing reads (`+trainer.foo=1`, `++foo=1`)."""
     try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name=command):
-            cfg = compose(config_name=f"{command}_root", overrides=overrides)
+        cfg = _compose(command, overrides)
     except (HydraException, OmegaConfBaseException) as err:
+        cause = err.__cause__ if isinstance(err.__cause__, OmegaConfBaseException) else err
+        if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and getattr(cause, "full_key", None):
+            typed = _typed_key(overrides, cause.full_key)
+            rest = [item for item in overrides if _override_key(item) != typed]
+            raise ConfigError(unknown_key_message(typed, _known_keys(_compose_or_defaults(command, rest)))) from None
         raise ConfigError(_one_line(err)) from None
+    unknown = _unknown_keys(cfg)
+    if unknown:
+        typed = _typed_key(overrides, unknown[0])
+        raise ConfigError(unknown_key_message(typed, _known_keys(cfg))) from None
+    return cfg
+
+
+def _compose(command: str, overrides: list[str]) -> DictConfig:
+    register()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name=command):
+        cfg = compose(config_name=f"{command}_root", overrides=overrides)
     if "defaults" in cfg:
         del cfg["defaults"]
     return cfg
+
+
+def _compose_or_defaults(command: str, overrides: list[str]) -> DictConfig:
+    """The config without the refused override, for its known keys (the defaults if that fails too)."""
+    try:
+        return _compose(command, overrides)
+    except (HydraException, OmegaConfBaseException):
+        return _compose(command, [])
+
+
+def _override_key(item: str) -> str:
+    return item.lstrip("+~").partition("=")[0]
+
+
+def _typed_key(overrides: list[str], full_key: str) -> str:
+    """The key as the command line gave it: `foo.bar` for an unknown `foo` from `+foo.bar=1`."""
+    for item in overrides:
+        key = _override_key(item)
+        if key == full_key or key.startswith(f"{full_key}."):
+            return key
+    return full_key
+
+
+def _unknown_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    """Keys of `node` (recursively) that its schema dataclass does not declare: added with `+`."""
+    schema = OmegaConf.get_type(node)
+    declared = {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
+    found = []
+    for key in node:
+        if declared is not None and key not in declared:
+            found.append(f"{prefix}{key}")
+        elif not OmegaConf.is_missing(node, key) and isinstance(node[key], DictConfig):
+            found += _unknown_keys(node[key], f"{prefix}{key}.")
+    return found
+
+
+def _known_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    """Every declared key of `node`, nodes and leaves, as dotted paths in schema order."""
+    schema = OmegaConf.get_type(node)
+    declared = [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else list(node)
+    keys = []
+    for key in declared:
+        if key == "defaults" or key not in node:
+            continue
+        keys.append(f"{prefix}{key}")
+        if not OmegaConf.is_missing(node, key) and isinstance(node[key], DictConfig):
+            keys += _known_keys(node[key], f"{prefix}{key}.")
+    return keys
+
+
+def unknown_key_message(key: str, known: list[str]) -> str:
+    """`unknown key trainer.max_step (did you mean trainer.max_steps?)`, or the node's keys when no
+    known key is close. A key that lives in another node (`beam`, now `decoding.beam`) is found by
+    its last part."""
+    leaf = key.rpartition(".")[2]
+    same_leaf = [k for k in known if k.rpartition(".")[2] == leaf and k != key]
+    if same_leaf:
+        return f"unknown key {key} (did you mean {' or '.join(same_leaf[:3])}?)"
+    parts = key.split(".")
+    parent = next((p for p in (".".join(parts[:n]) for n in range(len(parts) - 1, 0, -1)) if p in known), "")
+    siblings = [k for k in known if k.rpartition(".")[0] == parent]
+
+    def closeness(candidate: str) -> float:
+        other = candidate.rpartition(".")[2]
+        matcher = difflib.SequenceMatcher(None, leaf, other)
+        block = matcher.find_longest_match(0, len(leaf), 0, len(other)).size
+        return max(matcher.ratio(), 0.9 * block / len(leaf) if len(leaf) >= 4 else 0.0)
+
+    # The closest key beside it, else a close one in another node (`trainer.lenpn`: decoding.lenpen).
+    for candidates, cutoff in ((siblings, 0.6), (known, 0.8)):
+        best = max(candidates, key=closeness, default=None)
+        if best is not None and closeness(best) >= cutoff:
+            return f"unknown key {key} (did you mean {best}?)"
+    where = f"{parent}'s keys" if parent else "known keys"
+    return f"unknown key {key}; {where}: {', '.join(k.rpartition('.')[2] for k in siblings)}"
 
 
 def explicit_keys(overrides: list[str], node: str) -> set[str] | None:

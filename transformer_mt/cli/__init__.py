@@ -14,16 +14,20 @@ import sys
 from collections.abc import Callable
 from importlib import import_module
 
+from transformer_mt import __version__
+
 COMMANDS: dict[str, str] = {
     "prepare": "clean a parallel corpus, train the joint sentencepiece model, binarize train/valid/test",
     "train": "train a model (prepares the data first when needed); resumes from checkpoint_last.pt",
     "evaluate": "decode a test set with beam search and score it with sacreBLEU (BLEU, chrF, signatures)",
     "translate": "translate raw text from stdin or a file, one output line per input line",
     "average": "average the parameters of the last N checkpoints (or a list) into one checkpoint",
+    "serve": "a translation service (HTTP, dynamic batching) and a page that shows attention",
     "bench": "benchmarks: `bench layers` (the paper's Table 1 measured)",
 }
 
 USAGE = """usage: transformer-mt COMMAND [key=value ...] [--help]
+       transformer-mt --version
 
 Commands:
 {commands}
@@ -53,6 +57,9 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         sys.exit(0 if argv else 2)
+    if argv[0] in ("-V", "--version"):
+        print(f"transformer-mt {__version__}")
+        sys.exit(0)
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print(f"transformer-mt: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)

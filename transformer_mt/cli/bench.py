@@ -4,6 +4,9 @@
              of self-attention, restricted self-attention, LSTM and convolutions, over n and d
     train    training speed (tokens/s, MFU) of the presets against reference implementations
     decode   decoding speed (sentences/s, tokens/s) of greedy and beam search against references
+    serve    a loopback load test of `transformer-mt serve`: concurrent clients against one at a time
+    prepare  what `prepare` costs as the corpus grows: time per stage, pairs/s, peak memory (synthetic corpora)
+    checkpoint save and load time of a large checkpoint with and without its digest
 
 `transformer-mt bench NAME --help` shows each benchmark's options and defaults."""
 
@@ -15,6 +18,9 @@ BENCHMARKS: dict[str, str] = {
     "layers": "transformer_mt.bench.layers",
     "train": "transformer_mt.bench.train",
     "decode": "transformer_mt.bench.decode",
+    "serve": "transformer_mt.bench.serve",
+    "prepare": "transformer_mt.bench.prepare",
+    "checkpoint": "transformer_mt.bench.checkpoint_io",
 }
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from transformer_mt.cli.common import load_config
+from transformer_mt.run_folder import own_run_folder
 from transformer_mt.training.trainer import train
 
 
@@ -21,9 +22,11 @@ def main(overrides: list[str], show_help: bool) -> int | None:
         return
     resolved = asdict(run)
     resolved.pop("defaults", None)
-    if int(os.environ.get("RANK", 0)) == 0:
-        output_dir = Path(run.output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved), encoding="utf-8")
-    result = train(run.data, run.model, run.trainer, run.decoding, run.output_dir, run_config=resolved)
+    main_rank = int(os.environ.get("RANK", 0)) == 0
+    with own_run_folder(run.output_dir, "train", take=main_rank):  # one process writes a run folder
+        if main_rank:
+            output_dir = Path(run.output_dir)
+            output_dir.mkdir(parents=True, exist_ok=True)
+            (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved), encoding="utf-8")
+        result = train(run.data, run.model, run.trainer, run.decoding, run.output_dir, run_config=resolved)
     return result["exit_status"]  # 128 + N after a stop signal (checkpoint_last.pt written), else 0

@@ -122,7 +122,7 @@ class TokenBatchSampler:
         max_sentences: int | None = None,
         multiple_of: int = 1,
     ) -> None:
-        src_sizes, tgt_sizes = np.asarray(src_sizes, np.int64), np.asarray(tgt_sizes, np.int64)
+        src_sizes, tgt_sizes = _as_sizes(src_sizes), _as_sizes(tgt_sizes)  # no copy of an integer array
         if src_sizes.shape != tgt_sizes.shape or src_sizes.ndim != 1:
             raise ValueError(f"src_sizes {src_sizes.shape} and tgt_sizes {tgt_sizes.shape} must be equal 1-d")
         if max_tokens < 1 or (max_sentences is not None and max_sentences < 1):
@@ -181,38 +181,70 @@ class TokenBatchSampler:
         self.epoch, self.position = epoch, position
 
 
+def _as_sizes(sizes: Sequence[int] | np.ndarray) -> np.ndarray:
+    sizes = np.asarray(sizes)
+    return sizes if np.issubdtype(sizes.dtype, np.integer) else sizes.astype(np.int64)
+
+
+class PackedBatches:
+    """Batches of pair indices, stored as two flat arrays: `order`, every pair's index in batch order,
+    and `bounds`, where each batch starts in it (and the end). Batch b is `order[bounds[b]:bounds[b + 1]]`.
+    For a corpus of millions of pairs that is two compact arrays, not an array object per batch."""
+
+    def __init__(self, order: np.ndarray, bounds: np.ndarray) -> None:
+        self.order, self.bounds = order, bounds
+
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
+
+    def __getitem__(self, b: int) -> np.ndarray:
+        return self.order[self.bounds[b] : self.bounds[b + 1]]
+
+    def sizes(self) -> np.ndarray:
+        """(num_batches,) pairs per batch."""
+        return np.diff(self.bounds)
+
+
+_PACK_CHUNK = 1 << 16  # pairs whose sizes are turned into Python ints at a time
+
+
 def _pack(
     src_sizes: np.ndarray, tgt_sizes: np.ndarray, max_tokens: int, max_sentences: int, seed: int
-) -> list[np.ndarray]:
+) -> PackedBatches:
     """Cut the length-sorted pairs greedily into batches within the padded token budget."""
     tie_break = np.random.default_rng(seed).permutation(len(src_sizes))
     order = np.lexsort((tie_break, src_sizes, tgt_sizes))  # the last key sorts first
-    src_padded, tgt_padded = (src_sizes[order] + 1).tolist(), (tgt_sizes[order] + 1).tolist()  # + EOS/BOS
-    starts, start, src_max, tgt_max = [], 0, 0, 0
-    # A plain loop over Python ints (half a second per million pairs); only batch starts are kept.
-    for j, (src, tgt) in enumerate(zip(src_padded, tgt_padded, strict=True)):
-        if src > src_max:
-            src_max = src
-        if tgt > tgt_max:
-            tgt_max = tgt
-        size = j - start + 1
-        if size > 1 and (size > max_sentences or size * src_max > max_tokens or size * tgt_max > max_tokens):
-            starts.append(j)  # pair j opens the next batch
-            start, src_max, tgt_max = j, src, tgt
-    return np.split(order, starts) if len(order) else []
+    del tie_break
+    starts, start, src_max, tgt_max = [0], 0, 0, 0
+    # A plain loop over Python ints (half a second per million pairs), a chunk of sizes at a time so
+    # that no list of every pair's size is built; only batch starts are kept.
+    for offset in range(0, len(order), _PACK_CHUNK):
+        chunk = order[offset : offset + _PACK_CHUNK]
+        src_padded = (src_sizes[chunk].astype(np.int64) + 1).tolist()  # + EOS
+        tgt_padded = (tgt_sizes[chunk].astype(np.int64) + 1).tolist()  # + BOS/EOS
+        for j, (src, tgt) in enumerate(zip(src_padded, tgt_padded, strict=True), start=offset):
+            if src > src_max:
+                src_max = src
+            if tgt > tgt_max:
+                tgt_max = tgt
+            size = j - start + 1
+            if size > 1 and (size > max_sentences or size * src_max > max_tokens or size * tgt_max > max_tokens):
+                starts.append(j)  # pair j opens the next batch
+                start, src_max, tgt_max = j, src, tgt
+    bounds = np.array([*starts, len(order)] if len(order) else [0], dtype=np.int64)
+    return PackedBatches(order, bounds)
 
 
-def _even_batches(batches: list[np.ndarray], multiple: int) -> list[np.ndarray]:
+def _even_batches(batches: PackedBatches, multiple: int) -> PackedBatches:
     """Split the largest batches in two until their number divides by `multiple`."""
     while len(batches) % multiple:
-        largest = max(range(len(batches)), key=lambda b: len(batches[b]))
-        batch = batches[largest]
-        if len(batch) < 2:
-            total = sum(len(b) for b in batches)
+        sizes = batches.sizes()
+        largest = int(np.argmax(sizes))  # the first of the largest
+        if sizes[largest] < 2:
             raise ValueError(
-                f"cannot cut {total} pairs into a multiple of {multiple} batches (ranks x update_freq); "
+                f"cannot cut {int(sizes.sum())} pairs into a multiple of {multiple} batches (ranks x update_freq); "
                 "use fewer ranks, a smaller update_freq or more data"
             )
-        half = len(batch) // 2
-        batches[largest : largest + 1] = [batch[:half], batch[half:]]
+        half = batches.bounds[largest] + sizes[largest] // 2
+        batches.bounds = np.insert(batches.bounds, largest + 1, half)
     return batches

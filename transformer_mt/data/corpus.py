@@ -23,8 +23,11 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import pyarrow as pa
+
 SPLITS = ("train", "valid", "test")
 HF_SPLITS = {"train": "train", "valid": "validation", "test": "test"}
+BATCH_ROWS = 10_000  # rows of a Hugging Face dataset converted to Python at a time
 
 MAX_LINE_BYTES = 64 << 20  # a "line" beyond this is not a sentence: the file is not one segment per line
 _BOM = b"\xef\xbb\xbf"
@@ -122,6 +125,21 @@ def _split_on_cr(f) -> Iterator[bytes]:
         yield pending
 
 
+def count_lines(path: str | Path) -> int:
+    """The number of lines `read_lines` yields for this file, counted on the bytes (GB/s), so that
+    the alignment of a large corpus is checked before the long work on it starts."""
+    path = check_file(path)
+    last = b""
+    counts = {b"\n": 0, b"\r": 0}
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK_BYTES):
+            counts[b"\n"] += chunk.count(b"\n")
+            counts[b"\r"] += chunk.count(b"\r")
+            last = chunk[-1:]
+    ends = b"\n" if counts[b"\n"] else b"\r"  # as read_lines: a file without LF has CR line ends
+    return counts[ends] + (last != ends)  # a last line without its line end counts too
+
+
 def sha256_file(path: str | Path) -> str:
     digest = hashlib.sha256()
     with Path(path).open("rb") as f:
@@ -160,10 +178,32 @@ class TextCorpus:
         if n_tgt != count:
             raise _misaligned(src_path, count, tgt_path, n_tgt)
 
+    def check(self) -> None:
+        """Every file there and every split aligned (equal line counts), or the error `pairs` would
+        raise at the end of a split: said before any split is read, not after train was cleaned."""
+        missing = [path for split in self.prefixes for path in self.paths(split) if not path.is_file()]
+        if missing:
+            raise MissingFilesError(missing)
+        for split in self.prefixes:
+            src_path, tgt_path = self.paths(split)
+            n_src, n_tgt = count_lines(src_path), count_lines(tgt_path)
+            if n_src != n_tgt:
+                raise _misaligned(src_path, n_src, tgt_path, n_tgt)
+
     def fingerprint(self) -> dict[str, str]:
         """sha256 of every input file, by file name."""
         paths = [check_file(path) for split in self.prefixes for path in self.paths(split)]
         return {str(path): sha256_file(path) for path in paths}
+
+
+class MissingFilesError(CorpusError):
+    """Input files that are not there; `paths` lists them all."""
+
+    def __init__(self, paths: list[Path], hint: str = "") -> None:
+        where = "" if all(p.is_absolute() for p in paths) else f" (relative paths from {Path.cwd()})"
+        names = ", ".join(map(str, paths))
+        super().__init__(f"{names}: file{'s' if len(paths) > 1 else ''} not found{where}{hint}")
+        self.paths = paths
 
 
 def _misaligned(src_path: Path, n_src: int, tgt_path: Path, n_tgt: int) -> CorpusError:
@@ -199,22 +239,44 @@ class HFCorpus:
     def describe(self, split: str) -> str:
         return f"{self.source} [{HF_SPLITS[split]}]"
 
+    def check(self) -> None:
+        """Every split has the translation column and both languages (rows of a dataset are aligned by
+        construction): said before any split is read, not after train was cleaned."""
+        for split in SPLITS:
+            self._columns(split)
+
     def pairs(self, split: str) -> Iterator[tuple[str, str]]:
+        """Stream the pairs of a split, `BATCH_ROWS` rows at a time, as Arrow slices of the two
+        languages' columns: only one batch of text is ever held as Python strings."""
+        columns = self._columns(split)
+        batches = self.splits[split].select_columns(["translation"]).with_format("arrow").iter(BATCH_ROWS)
+        for table in batches:
+            table = table.flatten()  # struct column -> translation.<lang> columns, zero-copy
+            sources, targets = (table.column(name).to_pylist() for name in columns)
+            for src, tgt in zip(sources, targets, strict=True):
+                if src is None or tgt is None:
+                    raise CorpusError(
+                        f"{self.describe(split)}: a row has no '{self.src_lang}' or '{self.tgt_lang}' text "
+                        f"(the other side is {tgt if src is None else src!r}); check src_lang/tgt_lang"
+                    )
+                yield normalise(src), normalise(tgt)
+
+    def _columns(self, split: str) -> tuple[str, str]:
+        """The flattened names of the source and target columns, or an error saying what is there."""
         dataset = self.splits[split]
         if "translation" not in dataset.column_names:
             raise CorpusError(
                 f"{self.describe(split)}: no 'translation' column (columns: {dataset.column_names}); "
                 "expected rows {'translation': {lang: text}}"
             )
-        for rows in dataset.select_columns(["translation"]).iter(batch_size=10_000):
-            for row in rows["translation"]:
-                src, tgt = row.get(self.src_lang), row.get(self.tgt_lang)
-                if src is None or tgt is None:
-                    raise CorpusError(
-                        f"{self.describe(split)}: a row has no '{self.src_lang}' or '{self.tgt_lang}' text "
-                        f"(languages: {sorted(k for k, v in row.items() if v is not None)}); check src_lang/tgt_lang"
-                    )
-                yield normalise(src), normalise(tgt)
+        kind = dataset.data.schema.field("translation").type
+        languages = [kind.field(i).name for i in range(kind.num_fields)] if pa.types.is_struct(kind) else []
+        if self.src_lang not in languages or self.tgt_lang not in languages:
+            raise CorpusError(
+                f"{self.describe(split)}: no '{self.src_lang}' or '{self.tgt_lang}' text (its translations are "
+                f"in {languages}); check src_lang/tgt_lang"
+            )
+        return f"translation.{self.src_lang}", f"translation.{self.tgt_lang}"
 
     def fingerprint(self) -> dict[str, str]:
         """The datasets library's own fingerprint of every split (it changes with the data)."""

@@ -3,9 +3,12 @@
 "Sentences were encoded using byte-pair encoding, which has a shared source-target vocabulary of about
 37000 tokens" (WMT14 En-De; 32000 word-pieces for En-Fr). `prepare_data` runs the whole data stage:
 
+0. check that every split's files are aligned (equal line counts, counted on the bytes), before the
+   long work on train;
 1. read the training pairs once, clean them (corpus.clean_pairs) and keep a bounded uniform sample of
    their lines (reservoir sampling) to train sentencepiece on; read valid and test once to validate them;
-2. train one joint sentencepiece BPE model (data/vocab.py) on that sample;
+2. train one joint sentencepiece BPE model (data/vocab.py) on that sample, or take the given one
+   (`data.spm_model`, its special ids moved to ours);
 3. encode every split in chunks on `workers` threads, streaming the ids into memory-mapped arrays
    (data/binarize.py), and keep valid/test as text, the references of BLEU;
 4. write `manifest.json` last: hashes of the inputs, of the config fields that shape the output and of
@@ -13,7 +16,12 @@
    run has no manifest and starts over.
 
 Layout of `<output_dir>/data/`: spm.model, spm.vocab, {train,valid,test}.{lang}.bin/.idx,
-{valid,test}.{lang}.txt, manifest.json.
+{valid,test}.{lang}.txt, manifest.json. The manifest's `seconds` time each stage (hash, check, clean,
+vocab, encode, and within encode: waiting for text, sentencepiece, writing), for `bench prepare`.
+
+Memory is bounded whatever the corpus size: text streams through, the sentencepiece sample holds at
+most `spm_train_lines` lines, encoding holds two chunks of `CHUNK_PAIRS` pairs, and what grows with
+the corpus is 8 bytes of offsets per sequence.
 """
 
 # ruff: noqa: UP045 -- OmegaConf reads the dataclass fields, and it wants Optional[...], not X | None.
@@ -27,21 +35,17 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from itertools import chain, islice
 from pathlib import Path
-from queue import Queue
-from threading import Thread
-from typing import Optional, TypeVar
+from typing import Optional
 
 from tqdm import tqdm
 
-from transformer_mt.data.binarize import ParallelDataset, TokenArray, TokenArrayWriter
-from transformer_mt.data.corpus import SPLITS, CleaningStats, HFCorpus, TextCorpus, clean_pairs, sha256_file
-from transformer_mt.data.vocab import Vocabulary, train_vocabulary
+from transformer_mt.data.binarize import ParallelDataset, TokenArray, encode_pairs, naming_the_file
+from transformer_mt.data.corpus import SPLITS, CleaningStats, clean_pairs, sha256_file
+from transformer_mt.data.sources import open_corpus
+from transformer_mt.data.vocab import Vocabulary, adopt_vocabulary, train_vocabulary
 
 FORMAT = "transformer-mt-data/1"
-T = TypeVar("T")
-CHUNK_PAIRS = 50_000  # pairs encoded per call: large enough to keep the threads busy, small in memory
 
 
 @dataclass
@@ -57,7 +61,12 @@ class DataConfig:
     hf_name: str = "wmt14"  # hf: datasets.load_dataset(hf_name, hf_config) ...
     hf_config: str = "de-en"
     hf_path: Optional[str] = None  # ... or datasets.load_from_disk(hf_path), for offline machines
+    # Where the presets' corpora live: their train/valid/test paths start with it (${.root}/...); the
+    # presets default it to $TRANSFORMER_MT_DATA, else ../shared/data (relative to the working folder).
+    root: Optional[str] = None
+    corpus_hint: Optional[str] = None  # where to get the corpus, said when its files are missing
     vocab_size: int = 8000  # joint BPE vocabulary; the paper: 37000 (En-De), 32000 (En-Fr)
+    spm_model: Optional[str] = None  # an existing sentencepiece model to use instead of training one
     spm_train_lines: int = 1_000_000  # lines (both languages) sampled from train for sentencepiece
     character_coverage: float = 1.0
     max_len: int = 250  # cleaning of train (Moses clean-corpus-n): whitespace tokens per side
@@ -84,7 +93,14 @@ class DataConfig:
             raise ValueError(f"data.src_lang and data.tgt_lang are both {self.src_lang!r}")
         if self.vocab_size <= 4 or self.spm_train_lines < 2 or self.workers < 1:
             raise ValueError("data.vocab_size must be > 4, data.spm_train_lines >= 2 and data.workers >= 1")
-        if not 0 <= self.min_len <= self.max_len or self.max_len_ratio < 1:
+        if not 0.0 < self.character_coverage <= 1.0:
+            raise ValueError(f"data.character_coverage must be in (0, 1], got {self.character_coverage}")
+        if self.max_len < 1 or self.max_chars < 1 or self.seed < 0:
+            raise ValueError(
+                f"data.max_len ({self.max_len}) and data.max_chars ({self.max_chars}) must be at least 1, "
+                f"data.seed ({self.seed}) 0 or more"
+            )
+        if not 0 <= self.min_len <= self.max_len or not 1 <= self.max_len_ratio < float("inf"):
             raise ValueError(
                 f"data: need 0 <= min_len ({self.min_len}) <= max_len ({self.max_len}) and "
                 f"max_len_ratio ({self.max_len_ratio}) >= 1"
@@ -126,8 +142,8 @@ def prepare_data(
     root = Path(output_dir) / "data"
     root.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    corpus = _open_corpus(cfg, root)
-    key = {"inputs": corpus.fingerprint(), "config": _shaping_fields(cfg)}
+    corpus = open_corpus(cfg, root)
+    key = {"inputs": _fingerprint(corpus, cfg), "config": _shaping_fields(cfg)}
     manifest = _read_manifest(root)
     if manifest is not None and manifest.get("key") == key and _intact(root, manifest):
         log(f"data: {root} already prepared from these inputs and settings; loading it")
@@ -137,11 +153,18 @@ def prepare_data(
     (root / "manifest.json").unlink(missing_ok=True)  # from here on, an interruption leaves it stale
     seconds = {"hash": time.perf_counter() - start}
 
-    # 1. Clean train and sample its lines for sentencepiece; validate valid and test.
+    # 0. Every split aligned (line counts only), before the long work on train.
     tick = time.perf_counter()
-    stats, sample = CleaningStats("train"), _Reservoir(max(1, cfg.spm_train_lines // 2), cfg.seed)
+    corpus.check()
+    seconds["check"] = time.perf_counter() - tick
+
+    # 1. Clean train and sample its lines for sentencepiece (unless a model is given); count valid and test.
+    tick = time.perf_counter()
+    stats = CleaningStats("train")
+    sample = None if cfg.spm_model else _Reservoir(max(1, cfg.spm_train_lines // 2), cfg.seed)
     for pair in _progress(clean_pairs(corpus.pairs("train"), stats, **_rules(cfg)), None, "clean train"):
-        sample.add(pair)
+        if sample is not None:
+            sample.add(pair)
     log(f"data: {stats.summary()}")
     if stats.kept == 0:
         raise ValueError(
@@ -155,22 +178,17 @@ def prepare_data(
 
     # 2. The joint vocabulary.
     tick = time.perf_counter()
-    lines = list(chain.from_iterable(sample.items))
-    log(f"data: training a {cfg.vocab_size}-piece sentencepiece BPE model on {len(lines)} lines")
-    vocab = train_vocabulary(
-        lines,
-        root / "spm",
-        vocab_size=cfg.vocab_size,
-        character_coverage=cfg.character_coverage,
-        num_threads=cfg.workers,
-    )
-    del lines, sample
+    vocab = _vocabulary(cfg, root, sample, log)
+    del sample
     seconds["vocab"] = time.perf_counter() - tick
 
     # 3. Encode and binarize every split.
     tick = time.perf_counter()
-    splits = {split: _encode_split(corpus, split, cfg, vocab, root, counts[split]) for split in SPLITS}
+    spent = dict.fromkeys(("read", "sentencepiece", "write"), 0.0)
+    splits = {split: _encode_split(corpus, split, cfg, vocab, root, counts[split], spent) for split in SPLITS}
     seconds["encode"] = time.perf_counter() - tick
+    # Of which: waiting for the reader thread's text, sentencepiece encoding, writing the arrays.
+    seconds.update({f"encode_{part}": value for part, value in spent.items()})
     pairs = sum(s["pairs"] for s in splits.values())
     log(f"data: encoded {pairs} pairs in {seconds['encode']:.1f}s ({pairs / seconds['encode']:.0f} pairs/s)")
 
@@ -216,73 +234,56 @@ def _load(root: Path, manifest: dict) -> PreparedData:
 # ----------------------------------------------------------------------------- the steps
 
 
-def _open_corpus(cfg: DataConfig, root: Path) -> TextCorpus | HFCorpus:
-    if cfg.source == "hf":
-        corpus = HFCorpus(
-            cfg.src_lang, cfg.tgt_lang, name=cfg.hf_name, config=cfg.hf_config, path=cfg.hf_path
-        )
-    elif cfg.source == "sample":
-        corpus = _SampleCorpus(root / "sample", cfg.seed, cfg.src_lang, cfg.tgt_lang)
-    else:
-        corpus = TextCorpus({split: getattr(cfg, split) for split in SPLITS}, cfg.src_lang, cfg.tgt_lang)
-    if cfg.detokenize_train == "moses":
-        return _MosesDetokenizedTrain(corpus, cfg.src_lang, cfg.tgt_lang)  # type: ignore[return-value]
-    return corpus
-
-
-class _MosesDetokenizedTrain:
-    """A corpus whose train pairs come Moses-detokenized and unescaped (`&apos;` -> `'`), for corpora
-    distributed tokenized like many WMT training sets: the model then learns raw text, and its output
-    scores with sacreBLEU against raw references. Valid and test are read as they are."""
-
-    def __init__(self, corpus: TextCorpus | HFCorpus, src_lang: str, tgt_lang: str) -> None:
-        try:
-            from sacremoses import MosesDetokenizer
-        except ImportError:
-            raise ValueError(
-                "data.detokenize_train=moses needs sacremoses: pip install 'transformer-mt[moses]'"
-            ) from None
-        self.corpus = corpus
-        self.src, self.tgt = MosesDetokenizer(lang=src_lang), MosesDetokenizer(lang=tgt_lang)
-
-    def __getattr__(self, name: str):  # describe, fingerprint, ...: the wrapped corpus's
-        return getattr(self.corpus, name)
-
-    def pairs(self, split: str) -> Iterator[tuple[str, str]]:
-        pairs = self.corpus.pairs(split)
-        if split != "train":
-            return pairs
-        return ((self.src.detokenize(s.split()), self.tgt.detokenize(t.split())) for s, t in pairs)
-
-
-class _SampleCorpus(TextCorpus):
-    """The embedded sample (data/sample.py): fingerprinted by the generator's code and seed, so that an
-    up-to-date folder is loaded without generating it again; its files are written when first read."""
-
-    def __init__(self, directory: Path, seed: int, src_lang: str, tgt_lang: str) -> None:
-        super().__init__({split: directory / split for split in SPLITS}, src_lang, tgt_lang)
-        self.directory, self.seed, self.written = directory, seed, False
-
-    def fingerprint(self) -> dict[str, str]:
-        from transformer_mt.data import sample
-
-        return {"data/sample.py": sha256_file(sample.__file__), "seed": str(self.seed)}
-
-    def pairs(self, split: str) -> Iterator[tuple[str, str]]:
-        if not self.written:
-            from transformer_mt.data.sample import write_sample
-
-            write_sample(self.directory, seed=self.seed)
-            self.written = True
-        return super().pairs(split)
+def _fingerprint(corpus, cfg: DataConfig) -> dict[str, str]:
+    """The inputs' hashes: the corpus files (or dataset fingerprints), and a given sentencepiece model."""
+    inputs = corpus.fingerprint()
+    if cfg.spm_model:
+        inputs["data.spm_model"] = sha256_file(Path(cfg.spm_model).expanduser())
+    return inputs
 
 
 def _shaping_fields(cfg: DataConfig) -> dict:
     """The settings that change the output (file contents are hashed apart, so paths are left out)."""
     fields = asdict(cfg)
-    for name in ("train", "valid", "test", "hf_path", "workers"):
+    for name in ("train", "valid", "test", "hf_path", "workers", "root", "corpus_hint", "spm_model"):
         del fields[name]
+    if cfg.spm_model:  # the given model is the vocabulary: the settings for training one do not apply
+        for name in ("vocab_size", "spm_train_lines", "character_coverage"):
+            del fields[name]
     return fields
+
+
+def _vocabulary(cfg: DataConfig, root: Path, sample: _Reservoir | None, log: Callable[[str], None]) -> Vocabulary:
+    """The given sentencepiece model (data.spm_model) with our special ids, or one trained on `sample`."""
+    if sample is None:
+        with naming_the_file(root / "spm.model"):
+            vocab, note = adopt_vocabulary(cfg.spm_model, root / "spm")
+        log(f"{note}; {len(vocab)} pieces (data.vocab_size, spm_train_lines, character_coverage do not apply)")
+        return vocab
+    lines = 2 * len(sample.items)
+    log(f"data: training a sentencepiece BPE model of {cfg.vocab_size} pieces (data.vocab_size) on {lines} lines")
+    vocab = train_vocabulary(
+        _drain(sample.items),
+        root / "spm",
+        vocab_size=cfg.vocab_size,
+        character_coverage=cfg.character_coverage,
+        num_threads=cfg.workers,
+    )
+    if len(vocab) < cfg.vocab_size:
+        log(
+            f"data: the vocabulary has {len(vocab)} pieces, not the {cfg.vocab_size} asked for (data.vocab_size): "
+            f"that is all that sentencepiece BPE makes of these {lines} lines; set data.vocab_size={len(vocab)} "
+            "or less to make this explicit"
+        )
+    return vocab
+
+
+def _drain(pairs: list[tuple[str, str]]) -> Iterator[str]:
+    """The lines of `pairs`, source then target, each pair let go once sentencepiece has copied it."""
+    for i, (src, tgt) in enumerate(pairs):
+        pairs[i] = None  # type: ignore[call-overload]
+        yield src
+        yield tgt
 
 
 def _rules(cfg: DataConfig) -> dict:
@@ -309,64 +310,29 @@ class _Reservoir:
             self.items[slot] = item
 
 
-def _encode_split(corpus, split: str, cfg: DataConfig, vocab: Vocabulary, root: Path, total: int) -> dict:
-    """Encode one split chunk by chunk into `{split}.{lang}.bin/.idx` (and `.txt` for valid/test)."""
+def _encode_split(
+    corpus, split: str, cfg: DataConfig, vocab: Vocabulary, root: Path, total: int, spent: dict[str, float]
+) -> dict:
+    """Encode one split into `{split}.{lang}.bin/.idx` (and `.txt` for valid/test)."""
     pairs: Iterator[tuple[str, str]] = corpus.pairs(split)
     if split == "train":
         pairs = clean_pairs(pairs, CleaningStats("train"), **_rules(cfg))
     langs = (cfg.src_lang, cfg.tgt_lang)
-    writers = [TokenArrayWriter(root / f"{split}.{lang}", vocab_size=len(vocab)) for lang in langs]
-    texts = (
-        []
-        if split == "train"
-        else [open(root / f"{split}.{lang}.txt", "w", encoding="utf-8", newline="\n") for lang in langs]
-    )
     with _progress(None, total, f"encode {split}") as bar:
-        for chunk in _in_background(_chunks(pairs, CHUNK_PAIRS)):
-            sources, targets = [src for src, _ in chunk], [tgt for _, tgt in chunk]
-            ids = vocab.encode_batch(sources + targets, num_threads=cfg.workers)
-            writers[0].add(ids[: len(chunk)])
-            writers[1].add(ids[len(chunk) :])
-            for text, lines in zip(texts, (sources, targets), strict=False):
-                text.write("\n".join(lines) + "\n")
-            bar.update(len(chunk))
-    for text in texts:
-        text.close()
-    count = writers[0].close()
-    writers[1].close()
-    if count != total:
-        raise RuntimeError(
-            f"{corpus.describe(split)}: {count} pairs now, {total} on the first read; did it change?"
+        written = encode_pairs(
+            pairs,
+            vocab,
+            [root / f"{split}.{lang}" for lang in langs],
+            texts=None if split == "train" else [root / f"{split}.{lang}.txt" for lang in langs],
+            workers=cfg.workers,
+            spent=spent,
+            progress=bar.update,
         )
-    return {"pairs": count, "src_tokens": writers[0].num_tokens, "tgt_tokens": writers[1].num_tokens}
-
-
-def _chunks(items: Iterator[T], size: int) -> Iterator[list[T]]:
-    while chunk := list(islice(items, size)):
-        yield chunk
-
-
-def _in_background(items: Iterator[T], depth: int = 2) -> Iterator[T]:
-    """Run the iterator `items` in a thread, up to `depth` items ahead of the consumer, so that reading
-    and cleaning text (Python) overlaps with encoding it (sentencepiece releases the GIL)."""
-    queue: Queue = Queue(maxsize=depth)
-
-    def produce() -> None:
-        try:
-            for item in items:
-                queue.put((True, item))
-            queue.put((False, None))
-        except BaseException as err:  # handed to the consumer, raised there
-            queue.put((False, err))
-
-    Thread(target=produce, daemon=True).start()
-    while True:
-        more, item = queue.get()
-        if not more:
-            if item is not None:
-                raise item
-            return
-        yield item
+    if written["pairs"] != total:
+        raise RuntimeError(
+            f"{corpus.describe(split)}: {written['pairs']} pairs now, {total} on the first read; did it change?"
+        )
+    return written
 
 
 def _progress(pairs: Iterator | None, total: int | None, desc: str) -> tqdm:
@@ -396,7 +362,8 @@ def _intact(root: Path, manifest: dict) -> bool:
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
+    with naming_the_file(tmp):
+        tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 

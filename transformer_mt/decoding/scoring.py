@@ -4,21 +4,33 @@ sacreBLEU scores detokenized text with its own tokenizer and prints a signature 
 so its numbers are comparable across papers; that is the number to report.
 
 The paper's BLEU (28.4 on newstest2014 English-German) was computed the tensor2tensor way
-(`get_ende_bleu.sh`): tokenize both sides, split hyphenated compounds ("a-b" becomes
-"a ##AT##-##AT## b", which turns one token into three and raises the score), then BLEU on those
-tokens. `tokenized_bleu=True` adds that number for comparison with the paper, under its own key
-`bleu_tokenized_compound_split`. It uses sacreBLEU's 13a tokenizer in place of the Moses
-tokenizer.perl of the original script, so it approximates the paper's protocol; it is not sacreBLEU.
+(`get_ende_bleu.sh`), which fairseq's numbers follow too:
+
+1. Moses `tokenizer.perl -l de` on the hypotheses and the references (with its default escaping of
+   `&`, `'`, `"`, `<`, `>`, `|`, `[`, `]` as XML entities), here sacremoses' port of that script;
+2. hyphenated compounds split, `perl -ple 's{(\\S)-(\\S)}{$1 ##AT##-##AT## $2}g'` ("a-b" becomes
+   "a ##AT##-##AT## b", which turns one token into three and raises the score);
+3. `multi-bleu.perl` on those tokens: corpus BLEU over whitespace tokens, no smoothing, case kept,
+   the brevity penalty against the reference length.
+
+`tokenized_bleu=True` adds that number (sacreBLEU with tokenize="none" and no smoothing computes
+multi-bleu's figure on tokenized text) under its own key, `bleu_tokenized_compound_split`, with a
+signature naming each step. It needs sacremoses (`pip install 'transformer-mt[moses]'`). It is not
+comparable with sacreBLEU's BLEU, nor across tokenizers: say which one a figure is.
 """
 
 from __future__ import annotations
 
 import re
+from importlib.metadata import version
 
 from sacrebleu.metrics import BLEU, CHRF
-from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
 
 _COMPOUND = re.compile(r"(\S)-(\S)")
+PAPER_PROTOCOL = (
+    "the paper's protocol (tensor2tensor get_ende_bleu.sh): Moses tokenizer.perl -l {lang}, "
+    "compound splitting ##AT##-##AT##, multi-bleu.perl"
+)
 
 
 def split_compounds(line: str) -> str:
@@ -30,9 +42,22 @@ def split_compounds(line: str) -> str:
     return _COMPOUND.sub(r"\1 ##AT##-##AT## \2", line)
 
 
-def paper_tokenize(line: str, tokenizer: Tokenizer13a | None = None) -> str:
-    """A detokenized line as the paper's BLEU saw it: 13a-tokenized, then compounds split."""
-    return split_compounds((tokenizer or Tokenizer13a())(line))
+def moses_tokenizer(lang: str):
+    """sacremoses' MosesTokenizer for `lang` (the optional extra `moses`)."""
+    try:
+        from sacremoses import MosesTokenizer
+    except ImportError:
+        raise ValueError(
+            "tokenized_bleu=true needs the Moses tokenizer (sacremoses): pip install 'transformer-mt[moses]'"
+        ) from None
+    return MosesTokenizer(lang=lang)
+
+
+def paper_tokenize(line: str, tokenizer=None, *, lang: str = "en") -> str:
+    """A detokenized line as the paper's BLEU saw it: Moses-tokenized as tokenizer.perl -l `lang`
+    does by default (escaping included, no aggressive hyphen splitting), then compounds split."""
+    tokenizer = tokenizer or moses_tokenizer(lang)
+    return split_compounds(tokenizer.tokenize(line, return_str=True, escape=True))
 
 
 def corpus_scores(
@@ -45,9 +70,10 @@ def corpus_scores(
     """sacreBLEU BLEU and chrF of detokenized hypotheses against one reference each.
 
     Returns plain values (JSON-ready): `bleu`, `bleu_signature`, `bleu_details`, `chrf`,
-    `chrf_signature`, `lines`, and with `tokenized_bleu` also `bleu_tokenized_compound_split` and
-    its `bleu_tokenized_compound_split_signature`. `target_lang` (e.g. "de", "zh", "ja") lets
-    sacreBLEU pick the tokenizer that language needs.
+    `chrf_signature`, `lines`, and with `tokenized_bleu` also `bleu_tokenized_compound_split`, its
+    `bleu_tokenized_compound_split_signature` and `bleu_tokenized_protocol` (what it is, in words).
+    `target_lang` (e.g. "de", "zh", "ja") lets sacreBLEU pick the tokenizer that language needs, and
+    is the Moses tokenizer's language (tokenizer.perl's default, "en", without it).
     """
     _check_lines(hypotheses, references)
     bleu = BLEU(trg_lang=target_lang or "")
@@ -63,16 +89,20 @@ def corpus_scores(
         "lines": len(hypotheses),
     }
     if tokenized_bleu:
-        tokenizer = Tokenizer13a()
-        paper_bleu = BLEU(tokenize="none", force=True)  # the input is tokenized on purpose
-        score = paper_bleu.corpus_score(
+        lang = target_lang or "en"
+        tokenizer = moses_tokenizer(lang)
+        # multi-bleu.perl: whitespace tokens as they are, no smoothing (a zero n-gram count gives 0)
+        multi_bleu = BLEU(tokenize="none", smooth_method="none", force=True)
+        score = multi_bleu.corpus_score(
             [paper_tokenize(h, tokenizer) for h in hypotheses],
             [[paper_tokenize(r, tokenizer) for r in references]],
         )
         scores["bleu_tokenized_compound_split"] = score.score
         scores["bleu_tokenized_compound_split_signature"] = (
-            f"{paper_bleu.get_signature()}|pre-tokenized:13a+compound-split(##AT##)"
+            f"{multi_bleu.get_signature()}|pre-tokenized:moses-{lang}+escape(sacremoses "
+            f"{version('sacremoses')})+compound-split(##AT##)"
         )
+        scores["bleu_tokenized_protocol"] = PAPER_PROTOCOL.format(lang=lang)
     return scores
 
 
@@ -86,8 +116,8 @@ def format_scores(scores: dict) -> str:
     ]
     if "bleu_tokenized_compound_split" in scores:
         lines += [
-            "tokenized BLEU with compound splitting (the paper's protocol, not comparable with sacreBLEU) "
-            f"= {scores['bleu_tokenized_compound_split']:.2f}",
+            f"tokenized BLEU with compound splitting = {scores['bleu_tokenized_compound_split']:.2f}, "
+            f"{scores['bleu_tokenized_protocol']}; not comparable with sacreBLEU",
             f"  signature: {scores['bleu_tokenized_compound_split_signature']}",
         ]
     return "\n".join(lines)
@@ -107,4 +137,4 @@ def _check_lines(hypotheses: list[str], references: list[str]) -> None:
                 raise TypeError(f"{name} {i + 1} is a {type(line).__name__}, expected a string")
 
 
-__all__ = ["corpus_scores", "format_scores", "paper_tokenize", "split_compounds"]
+__all__ = ["corpus_scores", "format_scores", "moses_tokenizer", "paper_tokenize", "split_compounds"]

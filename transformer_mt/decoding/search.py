@@ -67,7 +67,7 @@ class DecodingConfig:
             problems.append(f"nbest={self.nbest} must be between 1 and beam={self.beam}")
         if not math.isfinite(self.lenpen):
             problems.append(f"lenpen={self.lenpen} must be a finite number")
-        if self.max_len_a < 0 or self.max_len_b < 0:
+        if not (0 <= self.max_len_a < math.inf and self.max_len_b >= 0):
             problems.append(f"max_len_a={self.max_len_a} and max_len_b={self.max_len_b} must be >= 0")
         if self.batch_tokens < 1:
             problems.append(f"batch_tokens={self.batch_tokens} must be at least 1")
@@ -75,8 +75,8 @@ class DecodingConfig:
             problems.append(f"sampling_topk={self.sampling_topk} must be >= 0 (0 turns it off)")
         if not 0.0 < self.sampling_topp <= 1.0:
             problems.append(f"sampling_topp={self.sampling_topp} must be in (0, 1] (1 turns it off)")
-        if not self.temperature > 0.0:
-            problems.append(f"temperature={self.temperature} must be > 0")
+        if not 0.0 < self.temperature < math.inf:
+            problems.append(f"temperature={self.temperature} must be a positive number")
         if not self.sampling and (self.sampling_topk or self.sampling_topp < 1.0 or self.temperature != 1.0):
             problems.append("sampling_topk, sampling_topp and temperature only apply with sampling=true")
         if problems:

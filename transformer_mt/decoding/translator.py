@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from transformer_mt.checkpoint import CheckpointError, load_for_inference
-from transformer_mt.data.vocab import Vocabulary
+from transformer_mt.data.vocab import Vocabulary, vocabulary_difference
 from transformer_mt.decoding.search import DecodingConfig, Hypothesis, generate
 from transformer_mt.models.interface import EncoderDecoder
 from transformer_mt.runtime import autocast, local_runtime
@@ -31,9 +31,10 @@ from transformer_mt.runtime import autocast, local_runtime
 
 @dataclass
 class Translation(Hypothesis):
-    """A hypothesis with its detokenized text."""
+    """A hypothesis with its detokenized text and the source ids it translates (without EOS)."""
 
     text: str = ""
+    source: list[int] = field(default_factory=list)
 
 
 class Translator:
@@ -85,21 +86,23 @@ class Translator:
         loaded = [load_for_inference(path, runtime.device) for path in paths]
         first = loaded[0]
         for other in loaded[1:]:
-            if other.vocab.to_bytes() != first.vocab.to_bytes():
+            if difference := vocabulary_difference(other.vocab, first.vocab):
                 raise CheckpointError(
-                    f"{other.path} uses a different vocabulary from {first.path}; cannot ensemble"
+                    f"{other.path} uses a different vocabulary from {first.path} ({difference}); cannot ensemble"
                 )
         cfg = DecodingConfig.from_stored(first.decoding, **decoding)
         models = [item.model for item in loaded]
         return cls(models, first.vocab, cfg, device=runtime.device, precision=precision, warn=warn)
 
-    def translate(self, lines: Sequence[str]) -> list[list[Translation]]:
-        """For each line, up to `cfg.nbest` translations, best first (exactly one list per line)."""
+    def translate(self, lines: Sequence[str], *, first_line: int = 1) -> list[list[Translation]]:
+        """For each line, up to `cfg.nbest` translations, best first (exactly one list per line).
+        `first_line` is the 1-based number of `lines[0]` in the whole input, for the warnings of
+        a caller that translates a long input in chunks."""
         results: list[list[Translation]] = [[] for _ in lines]
         sources: dict[int, list[int]] = {}  # line index -> source ids without EOS
         for index, line in enumerate(lines):
             if line.strip():
-                sources[index] = self._encode(index, line)
+                sources[index] = self.source_ids(line, first_line - 1 + index)
             else:
                 results[index] = [
                     Translation(tokens=[], score=0.0, logprob=0.0, positional_scores=[], text="")
@@ -119,10 +122,12 @@ class Translator:
                     pad_id=self.vocab.pad_id,
                 )
             for index, hyps in zip(indices, found, strict=True):
-                results[index] = [self._with_text(h) for h in hyps]
+                results[index] = [self._with_text(h, sources[index]) for h in hyps]
         return results
 
-    def _encode(self, index: int, line: str) -> list[int]:
+    def source_ids(self, line: str, index: int = 0) -> list[int]:
+        """The ids the search reads for `line` (without EOS), truncated to the model's positions with
+        a warning that names the line (`index` counts from 0)."""
         line = line.encode("utf-8", errors="replace").decode("utf-8")  # lone surrogates become "?"
         ids = self.vocab.encode(line)
         if self.max_positions is not None and len(ids) > self.max_positions - 1:
@@ -134,9 +139,9 @@ class Translator:
             ids = ids[:keep]
         return ids
 
-    def _with_text(self, hyp: Hypothesis) -> Translation:
+    def _with_text(self, hyp: Hypothesis, source: list[int]) -> Translation:
         return Translation(
-            hyp.tokens, hyp.score, hyp.logprob, hyp.positional_scores, self.vocab.decode(hyp.tokens)
+            hyp.tokens, hyp.score, hyp.logprob, hyp.positional_scores, self.vocab.decode(hyp.tokens), source
         )
 
 

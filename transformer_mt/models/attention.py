@@ -108,6 +108,35 @@ def local_attention(
     return out[:, :, :n]
 
 
+def attention_probabilities(
+    q: Tensor,
+    k: Tensor,
+    *,
+    padding_mask: Tensor | None = None,
+    causal: bool = False,
+    window: int | None = None,
+) -> Tensor:
+    """The weights softmax(Q K^T / sqrt(d_k)) of equation 1, computed explicitly (the fused kernels
+    of `dense_attention` and `local_attention` never return them): (batch, heads, q_len, k_len),
+    zero where a query may not look. The same masks as those functions: padded keys, `causal`, a
+    `window` band; under a band that does not cover the sequence, a query whose band holds only
+    padding attends to itself, as in `local_attention`.
+    """
+    q_len, k_len = q.size(-2), k.size(-2)
+    scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.size(-1))  # (batch, heads, q_len, k_len)
+    offset = torch.arange(k_len, device=q.device)[None, :] - torch.arange(q_len, device=q.device)[:, None]
+    allowed = offset <= 0 if causal else torch.ones_like(offset, dtype=torch.bool)  # (q_len, k_len)
+    if window is not None:
+        allowed = allowed & (offset >= -window) & (offset <= window)
+    allowed = allowed[None, None]  # (1, 1, q_len, k_len)
+    if padding_mask is not None:
+        allowed = allowed & ~padding_mask[:, None, None, :]
+        if window is not None and window < q_len - 1:
+            allowed = allowed | (offset == 0)[None, None]
+    scores = scores.float().masked_fill(~allowed, -math.inf)
+    return torch.softmax(scores, dim=-1).type_as(q)
+
+
 class MultiHeadAttention(nn.Module):
     """The projections of multi-head attention (section 3.2.2): h heads of d_model / h dimensions.
 
@@ -221,6 +250,17 @@ class SelfAttention(MultiHeadAttention):
         return self.merge_heads(dense_attention(q, k, v, dropout_p=self.dropout_p))
 
 
+    def with_weights(self, x: Tensor, padding_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """`forward` over a whole sequence, with the attention weights it used:
+        output (batch, len, d_model), weights (batch, heads, len, len)."""
+        q, k, v = (self.split_heads(part) for part in self.qkv_proj(x).chunk(3, dim=-1))
+        weights = attention_probabilities(
+            q, k, padding_mask=padding_mask, causal=self.causal, window=self.window
+        )
+        out = torch.matmul(F.dropout(weights, self.dropout_p, self.training), v)
+        return self.merge_heads(out), weights
+
+
 class CrossAttention(MultiHeadAttention):
     """Encoder-decoder attention: decoder queries, keys and values from the encoder output (section 3.2.3)."""
 
@@ -253,6 +293,16 @@ class CrossAttention(MultiHeadAttention):
         return self.merge_heads(out)
 
 
+    def with_weights(self, x: Tensor, memory: Tensor, memory_padding_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """`forward` without a cache, with the attention weights it used:
+        output (batch, tgt_len, d_model), weights (batch, heads, tgt_len, src_len)."""
+        q = self.split_heads(self.q_proj(x))
+        k, v = (self.split_heads(part) for part in self.kv_proj(memory).chunk(2, dim=-1))
+        weights = attention_probabilities(q, k, padding_mask=memory_padding_mask)
+        out = torch.matmul(F.dropout(weights, self.dropout_p, self.training), v)
+        return self.merge_heads(out), weights
+
+
 def _fuse_separate_projections(module: MultiHeadAttention, state_dict: dict, prefix: str, *args) -> None:
     """Load-time hook: a checkpoint saved before the projections were fused holds `q_proj`,
     `k_proj` and `v_proj` apart; concatenate them, in place, into the module's fused layout."""
@@ -263,4 +313,11 @@ def _fuse_separate_projections(module: MultiHeadAttention, state_dict: dict, pre
                 state_dict[f"{prefix}{fused}.{param}"] = torch.cat([state_dict.pop(key) for key in keys])
 
 
-__all__ = ["dense_attention", "local_attention", "MultiHeadAttention", "SelfAttention", "CrossAttention"]
+__all__ = [
+    "attention_probabilities",
+    "dense_attention",
+    "local_attention",
+    "MultiHeadAttention",
+    "SelfAttention",
+    "CrossAttention",
+]

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from transformer_mt.models.interface import (
+    AttentionWeights,
     DecoderState,
     EncoderDecoder,
     EncoderOutput,
@@ -146,8 +147,9 @@ class MultiStepAttention(nn.Module):
         self.in_proj = _linear(channels, embed_dim)
         self.out_proj = _linear(embed_dim, channels)
 
-    def forward(self, h: Tensor, target_embedding: Tensor, memory: EncoderOutput) -> Tensor:
-        """h (batch, tgt_len, channels), target_embedding (batch, tgt_len, embed_dim) -> like h."""
+    def forward(self, h: Tensor, target_embedding: Tensor, memory: EncoderOutput) -> tuple[Tensor, Tensor]:
+        """h (batch, tgt_len, channels), target_embedding (batch, tgt_len, embed_dim) -> like h, and
+        the attention weights (batch, tgt_len, src_len)."""
         d = (self.in_proj(h) + target_embedding) * SQRT_HALF  # (batch, tgt_len, embed_dim)
         scores = torch.bmm(d, memory.states.transpose(1, 2))  # (batch, tgt_len, src_len)
         scores = scores.masked_fill(memory.padding_mask.unsqueeze(1), torch.finfo(scores.dtype).min)
@@ -155,7 +157,7 @@ class MultiStepAttention(nn.Module):
         c = torch.bmm(weights, memory.extras["z_plus_e"])  # (batch, tgt_len, embed_dim)
         m = (~memory.padding_mask).sum(1).type_as(c).view(-1, 1, 1)  # source lengths
         c = c * m.sqrt()  # m * sqrt(1/m): undo the variance a uniform average removes
-        return (self.out_proj(c) + h) * SQRT_HALF
+        return (self.out_proj(c) + h) * SQRT_HALF, weights
 
 
 class DecoderConvLayer(nn.Module):
@@ -171,9 +173,10 @@ class DecoderConvLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.kernel_width = kernel_width
 
-    def forward(self, x: Tensor, target_embedding: Tensor, memory: EncoderOutput) -> Tensor:
-        """Every position at once: x (batch, tgt_len, in_channels) -> (batch, tgt_len, out_channels).
-        The convolution's input is left-padded with k - 1 zeros, so position t sees t - k + 1 .. t."""
+    def forward(self, x: Tensor, target_embedding: Tensor, memory: EncoderOutput) -> tuple[Tensor, Tensor]:
+        """Every position at once: x (batch, tgt_len, in_channels) -> (batch, tgt_len, out_channels),
+        and the attention weights (batch, tgt_len, src_len). The convolution's input is left-padded
+        with k - 1 zeros, so position t sees t - k + 1 .. t."""
         conv_input = F.pad(self.dropout(x).transpose(1, 2), (self.kernel_width - 1, 0))  # (b, in, k-1+t)
         return self._block(x, conv_input, target_embedding, memory)
 
@@ -184,15 +187,15 @@ class DecoderConvLayer(nn.Module):
         inputs of the previous k - 1 positions (zeros before the first). Returns the output
         (batch, 1, out_channels) and the window for the next position."""
         recent = torch.cat([window, self.dropout(x)], dim=1)  # (batch, k, in_channels)
-        return self._block(x, recent.transpose(1, 2), target_embedding, memory), recent[:, 1:]
+        return self._block(x, recent.transpose(1, 2), target_embedding, memory)[0], recent[:, 1:]
 
     def _block(
         self, x: Tensor, conv_input: Tensor, target_embedding: Tensor, memory: EncoderOutput
-    ) -> Tensor:
+    ) -> tuple[Tensor, Tensor]:
         residual = x if self.residual is None else self.residual(x)
         h = F.glu(self.conv(conv_input).transpose(1, 2), dim=-1)  # (batch, tgt_len, out_channels)
-        h = self.attention(h, target_embedding, memory)
-        return (h + residual) * SQRT_HALF
+        h, weights = self.attention(h, target_embedding, memory)
+        return (h + residual) * SQRT_HALF, weights
 
 
 class ConvS2S(EncoderDecoder):
@@ -263,15 +266,29 @@ class ConvS2S(EncoderDecoder):
     ) -> tuple[Tensor, DecoderState | None]:
         """Logits (batch, tgt_len, vocab) of every position (state=None), or (batch, 1, vocab) of the
         one new position in prev_tokens (batch, 1), extending the cache in `state`."""
+        logits, state, _ = self._decode(prev_tokens, memory, state)
+        return logits, state
+
+    def attention(self, src_tokens: Tensor, prev_tokens: Tensor) -> AttentionWeights:
+        """`forward` with the multi-step attention weights of every decoder layer (one "head" each)."""
+        logits, _, weights = self._decode(prev_tokens, self.encode(src_tokens), None)
+        return AttentionWeights(logits=logits, cross=[w.unsqueeze(1) for w in weights])
+
+    def _decode(
+        self, prev_tokens: Tensor, memory: EncoderOutput, state: DecoderState | None
+    ) -> tuple[Tensor, DecoderState | None, list[Tensor]]:
+        """`decode`, and in teacher-forced decoding each layer's attention weights (batch, tgt_len, src_len)."""
         check_incremental(prev_tokens, state)
         start = 0 if state is None else state.steps
         self._check_length(start + prev_tokens.size(1), "the target")
         positions = torch.arange(start, start + prev_tokens.size(1), device=prev_tokens.device)
         g = self.dropout(self.decoder_embed(prev_tokens) + self.decoder_positions(positions))  # (b, t, E)
         x = self.decoder_in(g)  # (batch, tgt_len, channels)
+        weights: list[Tensor] = []
         for i, layer in enumerate(self.decoder_layers):
             if state is None:
-                x = layer(x, g, memory)
+                x, layer_weights = layer(x, g, memory)
+                weights.append(layer_weights)
                 continue
             key = f"convs2s.window.{i}"  # this layer's last k - 1 inputs, (batch, k - 1, in_channels)
             window = state.cache.get(key)
@@ -282,7 +299,7 @@ class ConvS2S(EncoderDecoder):
         logits = self.output(x)  # (batch, tgt_len, vocab)
         if state is not None:
             state.steps += 1
-        return logits, state
+        return logits, state, weights
 
     def forward_flops(self, batch_size: int, src_len: int, tgt_len: int) -> int:
         """FLOPs of one teacher-forced forward pass, 2 per multiply-add, matrix products only (GLU,

@@ -55,6 +55,21 @@ class DecoderState:
                 cache[name] = tensor.index_select(0, indices)
 
 
+@dataclass
+class AttentionWeights:
+    """The attention weights of one teacher-forced pass, and that pass's logits.
+
+    Each tensor of a list is one layer's weights, (batch, heads, queries, keys): a distribution over
+    the keys that are not padding. A family without multiple heads has heads = 1; one without a kind
+    of attention gives an empty list for it.
+    """
+
+    logits: Tensor  # (batch, tgt_len, vocab), the logits of `forward` on the same inputs
+    cross: list[Tensor]  # per decoder layer (batch, heads, tgt_len, src_len): row t is the position predicting target t
+    encoder: list[Tensor] = field(default_factory=list)  # per encoder layer (batch, heads, src_len, src_len)
+    decoder: list[Tensor] = field(default_factory=list)  # per decoder layer (batch, heads, tgt_len, tgt_len)
+
+
 class EncoderDecoder(nn.Module):
     """Base class of every model family. See docs/design.md for the contract."""
 
@@ -86,6 +101,12 @@ class EncoderDecoder(nn.Module):
         logits, _ = self.decode(prev_tokens, self.encode(src_tokens), None)
         return logits
 
+    def attention(self, src_tokens: Tensor, prev_tokens: Tensor) -> AttentionWeights:
+        """The teacher-forced pass of `forward`, with the attention weights of every layer: what the
+        paper's figures 3-5 show, and what alignments are read from. Slower than `forward` (the
+        weights are computed explicitly), so for inspecting a model, not for training or search."""
+        raise NotImplementedError
+
 
 def count_parameters(model: nn.Module) -> int:
     """Distinct parameters (tied embeddings counted once)."""
@@ -107,6 +128,7 @@ def check_incremental(prev_tokens: Tensor, state: DecoderState | None) -> None:
 
 
 __all__ = [
+    "AttentionWeights",
     "EncoderOutput",
     "DecoderState",
     "EncoderDecoder",

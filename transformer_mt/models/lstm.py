@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from transformer_mt.models.interface import (
+    AttentionWeights,
     DecoderState,
     EncoderDecoder,
     EncoderOutput,
@@ -212,22 +213,25 @@ class LSTMDecoder(nn.Module):
             states.append(final.transpose(0, 1).contiguous())
         return states[0], states[1]
 
-    def attend(self, h: Tensor, memory: EncoderOutput) -> Tensor:
-        """Top-layer states (batch, tgt_len, hidden) -> attentional states h~ (batch, tgt_len, hidden)."""
+    def attend(self, h: Tensor, memory: EncoderOutput) -> tuple[Tensor, Tensor]:
+        """Top-layer states (batch, tgt_len, hidden) -> attentional states h~ (batch, tgt_len, hidden)
+        and the attention weights a_t (batch, tgt_len, src_len)."""
         scores = self.attention.scores(h, memory.extras["attention_keys"])  # (batch, tgt_len, src_len)
         scores = scores.masked_fill(memory.padding_mask.unsqueeze(1), torch.finfo(scores.dtype).min)
         weights = torch.softmax(scores, dim=-1)
         context = torch.bmm(weights, memory.states)  # (batch, tgt_len, hidden)
-        return torch.tanh(self.combine(torch.cat([context, h], dim=-1)))
+        return torch.tanh(self.combine(torch.cat([context, h], dim=-1))), weights
 
     def step(
         self, embedded: Tensor, feed: Tensor | None, hidden: tuple[Tensor, Tensor], memory: EncoderOutput
-    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    ) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor]:
         """One position: embedded (batch, embed_dim), feed h~_{t-1} (batch, hidden) with input feeding
-        (None without) -> h~_t (batch, hidden) and the LSTM's new (h, c)."""
+        (None without) -> h~_t (batch, hidden), the LSTM's new (h, c) and the attention weights
+        (batch, src_len)."""
         x = embedded if feed is None else torch.cat([embedded, feed], dim=-1)
         out, hidden = self.lstm(x.unsqueeze(1), hidden)  # (batch, 1, hidden)
-        return self.attend(out, memory).squeeze(1), hidden
+        attentional, weights = self.attend(out, memory)
+        return attentional.squeeze(1), hidden, weights.squeeze(1)
 
     def logits(self, attentional: Tensor) -> Tensor:
         """(batch, tgt_len, hidden) -> (batch, tgt_len, vocab)."""
@@ -236,18 +240,27 @@ class LSTMDecoder(nn.Module):
             x = self.out_proj(x)
         return self.output(x)
 
+    def embed_tokens(self, prev_tokens: Tensor) -> Tensor:
+        """(batch, tgt_len) -> (batch, tgt_len, embed_dim), scaled and dropped out."""
+        return self.dropout(self.embed(prev_tokens) * self.embed_scale)
+
     def teacher_forced(self, embedded: Tensor, memory: EncoderOutput) -> Tensor:
         """Every position: embedded (batch, tgt_len, embed_dim) -> h~ (batch, tgt_len, hidden)."""
+        return self.teacher_forced_with_weights(embedded, memory)[0]
+
+    def teacher_forced_with_weights(self, embedded: Tensor, memory: EncoderOutput) -> tuple[Tensor, Tensor]:
+        """`teacher_forced`, and the attention weights (batch, tgt_len, src_len) of every position."""
         hidden = self.initial_hidden(memory)
         if not self.cfg.input_feeding:  # no feedback: one fused LSTM call over the whole sequence
             out, _ = self.lstm(embedded, hidden)  # (batch, tgt_len, hidden)
             return self.attend(out, memory)
         feed = embedded.new_zeros(embedded.size(0), self.cfg.hidden_size)
-        outputs = []
+        outputs, weights = [], []
         for t in range(embedded.size(1)):  # h~_{t-1} enters step t: a loop over time
-            feed, hidden = self.step(embedded[:, t], feed, hidden, memory)
+            feed, hidden, step_weights = self.step(embedded[:, t], feed, hidden, memory)
             outputs.append(feed)
-        return torch.stack(outputs, dim=1)
+            weights.append(step_weights)
+        return torch.stack(outputs, dim=1), torch.stack(weights, dim=1)
 
     def incremental(self, embedded: Tensor, memory: EncoderOutput, state: DecoderState) -> Tensor:
         """The one new position: embedded (batch, 1, embed_dim) -> h~ (batch, 1, hidden); extends the
@@ -262,7 +275,7 @@ class LSTMDecoder(nn.Module):
             feed = state.cache.get("lstm.feed")
             if feed is None:
                 feed = embedded.new_zeros(embedded.size(0), self.cfg.hidden_size)
-        attentional, (h, c) = self.step(embedded[:, 0], feed, (h, c), memory)
+        attentional, (h, c), _ = self.step(embedded[:, 0], feed, (h, c), memory)
         state.cache["lstm.h"], state.cache["lstm.c"] = h.transpose(0, 1), c.transpose(0, 1)
         if self.cfg.input_feeding:
             state.cache["lstm.feed"] = attentional
@@ -272,7 +285,7 @@ class LSTMDecoder(nn.Module):
     def forward(
         self, prev_tokens: Tensor, memory: EncoderOutput, state: DecoderState | None
     ) -> tuple[Tensor, DecoderState | None]:
-        embedded = self.dropout(self.embed(prev_tokens) * self.embed_scale)  # (batch, tgt_len, embed_dim)
+        embedded = self.embed_tokens(prev_tokens)  # (batch, tgt_len, embed_dim)
         if state is None:
             return self.logits(self.teacher_forced(embedded, memory)), None
         return self.logits(self.incremental(embedded, memory, state)), state
@@ -350,6 +363,14 @@ class LSTMSeq2Seq(EncoderDecoder):
         check_incremental(prev_tokens, state)
         self._check_length(prev_tokens.size(1) if state is None else state.steps + 1, "the target")
         return self.decoder(prev_tokens, memory, state)
+
+    def attention(self, src_tokens: Tensor, prev_tokens: Tensor) -> AttentionWeights:
+        """`forward` with the global attention weights a_t (Luong eq. 7): one "layer", one "head"."""
+        self._check_length(prev_tokens.size(1), "the target")
+        memory = self.encode(src_tokens)
+        embedded = self.decoder.embed_tokens(prev_tokens)
+        attentional, weights = self.decoder.teacher_forced_with_weights(embedded, memory)
+        return AttentionWeights(logits=self.decoder.logits(attentional), cross=[weights.unsqueeze(1)])
 
     def forward_flops(self, batch_size: int, src_len: int, tgt_len: int) -> int:
         """FLOPs of one teacher-forced forward pass, 2 per multiply-add, matrix products only

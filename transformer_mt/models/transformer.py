@@ -19,7 +19,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from transformer_mt.models.attention import CrossAttention, SelfAttention
-from transformer_mt.models.interface import DecoderState, EncoderDecoder, EncoderOutput, check_incremental
+from transformer_mt.models.interface import (
+    AttentionWeights,
+    DecoderState,
+    EncoderDecoder,
+    EncoderOutput,
+    check_incremental,
+)
 
 
 @dataclass
@@ -152,6 +158,18 @@ class EncoderLayer(nn.Module):
         )
         return residual(x, self.ffn, self.ffn_norm, self.dropout, self.pre_norm)
 
+    def with_weights(self, x: Tensor, padding_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """`forward` with its self-attention weights computed explicitly (batch, heads, src_len, src_len)."""
+        found: list[Tensor] = []
+
+        def attend(h: Tensor) -> Tensor:
+            out, w = self.self_attn.with_weights(h, padding_mask)
+            found.append(w)
+            return out
+
+        x = residual(x, attend, self.self_attn_norm, self.dropout, self.pre_norm)
+        return residual(x, self.ffn, self.ffn_norm, self.dropout, self.pre_norm), found[0]
+
 
 class DecoderLayer(nn.Module):
     def __init__(self, cfg: TransformerConfig, index: int) -> None:
@@ -187,6 +205,26 @@ class DecoderLayer(nn.Module):
             self.pre_norm,
         )
         return residual(x, self.ffn, self.ffn_norm, self.dropout, self.pre_norm)
+
+    def with_weights(self, x: Tensor, memory: EncoderOutput) -> tuple[Tensor, Tensor, Tensor]:
+        """Teacher-forced `forward` with its attention weights computed explicitly: the output, the
+        self-attention weights (batch, heads, tgt_len, tgt_len) and the cross-attention weights
+        (batch, heads, tgt_len, src_len)."""
+        found: list[Tensor] = []
+
+        def attend_self(h: Tensor) -> Tensor:
+            out, w = self.self_attn.with_weights(h)
+            found.append(w)
+            return out
+
+        def attend_source(h: Tensor) -> Tensor:
+            out, w = self.cross_attn.with_weights(h, memory.states, memory.padding_mask)
+            found.append(w)
+            return out
+
+        x = residual(x, attend_self, self.self_attn_norm, self.dropout, self.pre_norm)
+        x = residual(x, attend_source, self.cross_attn_norm, self.dropout, self.pre_norm)
+        return residual(x, self.ffn, self.ffn_norm, self.dropout, self.pre_norm), found[0], found[1]
 
 
 class Transformer(EncoderDecoder):
@@ -261,6 +299,25 @@ class Transformer(EncoderDecoder):
         if state is not None:
             state.steps += 1
         return logits, state
+
+    def attention(self, src_tokens: Tensor, prev_tokens: Tensor) -> AttentionWeights:
+        """`forward` with every layer's attention weights: encoder self-attention, decoder
+        self-attention and encoder-decoder attention, (batch, heads, queries, keys) each."""
+        padding_mask = src_tokens.eq(self.pad_id)  # (batch, src_len)
+        x = self._embed(src_tokens, self.encoder_embed, self.encoder_positions, 0)
+        encoder: list[Tensor] = []
+        for layer in self.encoder_layers:
+            x, weights = layer.with_weights(x, padding_mask)
+            encoder.append(weights)
+        memory = EncoderOutput(states=self.encoder_norm(x), padding_mask=padding_mask)
+        y = self._embed(prev_tokens, self.decoder_embed, self.decoder_positions, 0)
+        decoder, cross = [], []
+        for layer in self.decoder_layers:
+            y, self_weights, cross_weights = layer.with_weights(y, memory)
+            decoder.append(self_weights)
+            cross.append(cross_weights)
+        logits = F.linear(self.decoder_norm(y), self.decoder_embed.weight)  # (batch, tgt_len, vocab)
+        return AttentionWeights(logits=logits, cross=cross, encoder=encoder, decoder=decoder)
 
     def forward_flops(self, batch_size: int, src_len: int, tgt_len: int) -> int:
         """FLOPs of one teacher-forced forward pass, 2 per multiply-add, matrix products only.

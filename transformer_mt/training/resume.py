@@ -16,7 +16,7 @@ import torch
 
 from transformer_mt import checkpoint as ckpt
 from transformer_mt.data.batching import TokenBatchSampler
-from transformer_mt.data.vocab import Vocabulary
+from transformer_mt.data.vocab import Vocabulary, vocabulary_difference
 from transformer_mt.models import EncoderDecoder
 from transformer_mt.runtime import Runtime
 from transformer_mt.training.cost import TrainingCost
@@ -83,10 +83,10 @@ def restore(run: TrainingRun, runtime: Runtime, saved: dict[str, Any], path: Any
             "the output_dir holds a checkpoint of a different model "
             f"({saved['model_config']} vs {run.model_config}); choose another output_dir or set trainer.resume=false"
         )
-    if saved.get("sentencepiece") != run.vocab.to_bytes():  # the same size would load, and train on garbage
+    if difference := vocabulary_difference(saved.get("sentencepiece"), run.vocab):  # same size: trains on garbage
         raise TrainingError(
             f"{path} was trained with another sentencepiece vocabulary than the one prepared in the output_dir "
-            "(did the data or data.vocab_size change?); choose another output_dir or set trainer.resume=false"
+            f"({difference}; did the data or data.vocab_size change?); choose another output_dir or set trainer.resume=false"
         )
     try:
         run.model.load_state_dict(saved["model"])

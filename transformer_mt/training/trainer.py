@@ -85,10 +85,23 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         positive = ("max_tokens", "update_freq", "max_steps", "log_every", "valid_every", "save_every")
-        positive += ("max_nonfinite_steps",)
+        positive += ("max_nonfinite_steps", "valid_bleu_sentences")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"trainer.{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_epochs", "patience", "keep_last", "warmup_steps", "seed"):  # 0: off / keep all / none
+            if getattr(self, name) < 0:
+                raise ValueError(f"trainer.{name} must be 0 or more, got {getattr(self, name)}")
+        for name in ("lr", "lr_scale", "adam_eps"):  # a rate <= 0 would train by gradient ascent, or not at all
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ValueError(f"trainer.{name} must be a positive number, got {getattr(self, name)}")
+        for name in ("min_lr", "weight_decay", "clip_norm", "max_minutes"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"trainer.{name} must be 0 or a positive number, got {getattr(self, name)}")
+        if len(self.adam_betas) == 2 and not all(0.0 <= beta < 1.0 for beta in self.adam_betas):
+            raise ValueError(f"trainer.adam_betas must both be in [0, 1), got {list(self.adam_betas)}")
+        if self.peak_flops is not None and not self.peak_flops > 0:
+            raise ValueError(f"trainer.peak_flops must be positive (or null to measure it), got {self.peak_flops}")
         if self.warmup_steps < 1 and self.schedule != "constant":
             raise ValueError(f"trainer.warmup_steps must be at least 1, got {self.warmup_steps}")
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -107,8 +120,6 @@ class TrainerConfig:
             raise ValueError(f"trainer.precision={self.precision!r} is not one of: {', '.join(PRECISIONS)}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"trainer.device={self.device!r} is not one of: auto, cpu, cuda")
-        if self.max_minutes < 0:
-            raise ValueError(f"trainer.max_minutes must be 0 (no limit) or positive, got {self.max_minutes}")
         if not self.dist_timeout_s > 0:
             raise ValueError(f"trainer.dist_timeout_s must be positive, got {self.dist_timeout_s}")
 
