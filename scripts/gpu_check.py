@@ -2,9 +2,10 @@
 
 torchrun --standalone --nproc_per_node=1 scripts/gpu_check.py probe --device cuda
     One rank's process group as `runtime.init_runtime` makes it for several (NCCL, bound to the
-    rank's GPU with device_id; gloo on a CPU), and the collectives the trainer uses. With one GPU
-    the training run under torchrun has no process group at all (one rank needs none), so this is
-    where NCCL itself is seen to work.
+    rank's GPU with device_id; gloo on a CPU), the collectives the trainer uses, and one step of
+    DistributedDataParallel with device_ids as `Runtime.wrap` builds it. With one GPU the training
+    run under torchrun has no process group at all (one rank needs none), so this is where NCCL and
+    DDP on CUDA are seen to work.
 
 python scripts/gpu_check.py summary --stages STAGES.tsv --out OUT_DIR --run RUN_DIR ...
     One line per stage (status, seconds, and what it measured), and OUT_DIR/summary.json. Exit
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 
 def probe(device_name: str) -> None:
@@ -44,12 +46,35 @@ def probe(device_name: str) -> None:
     dist.broadcast_object_list(box, src=0)
     assert box[0] == {"from": 0}
     dist.barrier()
+    ddp_step(device)
     backend = dist.get_backend()
     version = ".".join(map(str, torch.cuda.nccl.version())) if backend == "nccl" else "-"
     dist.destroy_process_group()
     print(
-        f"process group ok: backend {backend} (NCCL {version}), {world} rank(s), all_reduce, broadcast, barrier"
+        f"process group ok: backend {backend} (NCCL {version}), {world} rank(s): all_reduce, broadcast, "
+        "barrier, a DDP step"
     )
+
+
+def ddp_step(device: torch.device) -> None:
+    """One backward through DDP (device_ids on CUDA, as Runtime.wrap passes them): its all-reduced
+    gradients, averaged over the ranks that all computed the same thing, equal a plain module's."""
+    torch.manual_seed(0)
+    plain = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).to(device)
+    copy = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).to(device)
+    copy.load_state_dict(plain.state_dict())
+    ddp = DistributedDataParallel(copy, device_ids=[device] if device.type == "cuda" else None)
+    inputs = torch.randn(8, 16, generator=torch.Generator().manual_seed(1)).to(device)
+    plain(inputs).square().mean().backward()
+    ddp(inputs).square().mean().backward()
+    for a, b in zip(plain.parameters(), copy.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad)
+
+
+def _line(log: str, prefix: str | None) -> str:
+    """The last line of the log that starts with `prefix` (nothing if none does)."""
+    lines = [line for line in log.splitlines() if prefix and line.startswith(prefix)]
+    return lines[-1] if lines else ""
 
 
 def _pytest(out: Path) -> str:
@@ -100,7 +125,7 @@ def _bench_train(path: Path) -> str:
             )
         else:
             parts.append(f"{name} {row['precision']}: {row['status']} ({row.get('reason', '')[:120]})")
-    peaks = ", ".join(f"{p} {v / 1e12:.0f} TFLOP/s" for p, v in payload["peak_flops"].items())
+    peaks = ", ".join(f"{p} {v / 1e12:.3g} TFLOP/s" for p, v in payload["peak_flops"].items())
     return "; ".join(parts) + f"; measured matmul peak {peaks}"
 
 
@@ -119,6 +144,7 @@ def _bench_decode(path: Path) -> str:
 
 def summary(args: argparse.Namespace) -> int:
     out, rows = Path(args.out), []
+    log = Path(args.log).read_text(errors="replace") if Path(args.log).is_file() else ""
     for line in Path(args.stages).read_text().splitlines():
         name, status, rc, seconds, limit = line.split("\t")
         if name == "pytest":
@@ -129,8 +155,8 @@ def summary(args: argparse.Namespace) -> int:
             detail = _bench_train(out / f"{name}.json")
         elif name == "bench_decode":
             detail = _bench_decode(out / "bench_decode.json")
-        else:
-            detail = ""
+        else:  # setup and process_group: the line each prints when it succeeds
+            detail = _line(log, {"setup": "imports: ", "process_group": "process group ok: "}.get(name))
         rows.append(
             {
                 "stage": name,
@@ -171,6 +197,7 @@ def main(argv: list[str]) -> int:
     summary_args.add_argument("--stages", required=True)
     summary_args.add_argument("--out", required=True)
     summary_args.add_argument("--run", required=True)
+    summary_args.add_argument("--log", required=True)
     summary_args.add_argument("--budget", type=int, required=True)
     summary_args.add_argument("--seconds", type=int, required=True)
     args = parser.parse_args(argv)
