@@ -147,7 +147,9 @@ def summary(args: argparse.Namespace) -> int:
     log = Path(args.log).read_text(errors="replace") if Path(args.log).is_file() else ""
     for line in Path(args.stages).read_text().splitlines():
         name, status, rc, seconds, limit = line.split("\t")
-        if name == "pytest":
+        if status == "not_selected":
+            detail = ""
+        elif name == "pytest":
             detail = _pytest(out)
         elif name == "torchrun":
             detail = _torchrun(Path(args.run))
@@ -167,7 +169,7 @@ def summary(args: argparse.Namespace) -> int:
                 "detail": detail,
             }
         )
-    failed = [r["stage"] for r in rows if r["status"] != "ok"]
+    failed = [r["stage"] for r in rows if r["status"] not in ("ok", "not_selected")]
     result = {
         "ok": not failed,
         "failed": failed,
@@ -178,10 +180,9 @@ def summary(args: argparse.Namespace) -> int:
     (out / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
     width = max(len(r["stage"]) for r in rows) if rows else 0
     for r in rows:
-        print(f"gpu_check: {r['stage']:<{width}}  {r['status']:<7} {r['seconds']:>4} s  {r['detail']}")
-    verdict = (
-        "every stage passed" if not failed else f"{len(failed)} stage(s) did not pass: {', '.join(failed)}"
-    )
+        print(f"gpu_check: {r['stage']:<{width}}  {r['status']:<12} {r['seconds']:>4} s  {r['detail']}")
+    every = "every selected stage" if any(r["status"] == "not_selected" for r in rows) else "every stage"
+    verdict = f"{every} passed" if not failed else f"{len(failed)} stage(s) did not pass: {', '.join(failed)}"
     print(f"gpu_check: {args.seconds} s of the {args.budget} s budget; {verdict}; details in {out}")
     return 0 if not failed else 1
 

@@ -10,7 +10,8 @@
 # where no GPU is at hand; tests/test_gpu_check.py runs it.
 #
 # Stages, each under `timeout`, each recorded and the next run even when one fails, all within
-# GPU_CHECK_BUDGET_S (default 450 s, inside the 8 minutes the check may take):
+# GPU_CHECK_BUDGET_S (default 450 s, inside the 8 minutes the check may take); GPU_CHECK_STAGES
+# names a subset to run (a rerun), GPU_CHECK_PYTEST_K a pytest -k expression for the tests:
 #   setup         pip install --no-deps, offline: the wheels in .whl/ (`make gpu-wheels`: hydra-core,
 #                 omegaconf, antlr4-python3-runtime, which such images lack), then the project itself
 #   pytest        pytest -m gpu tests/test_gpu_*.py with TRANSFORMER_MT_TEST_DEVICE=cuda (no GPU: an error)
@@ -75,6 +76,9 @@ else  # cpu
     BENCH_SHAPE=(batch_size=16 src_len=16 tgt_len=16 warmup=1 steps=2 vocab_size=1000)
     DECODE_SHAPE=(model=transformer_tiny "precisions=[fp32]" batch_size=8 src_len=8 out_len=8 repeats=1 vocab_size=1000)
 fi
+# GPU_CHECK_STAGES="pytest bench_decode": only these stages (and setup, which the others need), say to
+# rerun what failed or ran out of time in a first run; the others are reported as not selected.
+ONLY=${GPU_CHECK_STAGES:-}
 START=$(date +%s)
 mkdir -p "$WORK" || exit 1
 : >"$LOG"
@@ -94,6 +98,11 @@ stage() {
     shift 2
     local left=$((BUDGET_S - ($(date +%s) - START)))
     local limit=$((cap < left ? cap : left))
+    if [ -n "$ONLY" ] && [ "$name" != setup ] && [[ " $ONLY " != *" $name "* ]]; then
+        say "=== $name: not selected (GPU_CHECK_STAGES=$ONLY)"
+        printf '%s\tnot_selected\t-\t0\t0\n' "$name" >>"$STAGES"
+        return
+    fi
     if ((limit < 10)); then
         say "=== $name: skipped, ${left} s left of the ${BUDGET_S} s budget"
         printf '%s\tskipped\t-\t0\t%s\n' "$name" "$limit" >>"$STAGES"

@@ -101,3 +101,29 @@ def test_the_cpu_rehearsal_runs_every_stage(tmp_path):
     # The project was installed into the scratch folder (built from a copy of its sources there).
     assert (work / "site" / "transformer_mt" / "__init__.py").is_file()
     assert (work / "site" / "bin" / "transformer-mt").is_file()
+
+
+def test_a_rerun_runs_only_the_selected_stages(tmp_path):
+    """GPU_CHECK_STAGES: setup (which the others need) and the named stages; the rest are reported as
+    not selected, which is no failure."""
+    out = tmp_path / "out"
+    env = {"GPU_CHECK_WORK": str(tmp_path / "work"), "GPU_CHECK_STAGES": "process_group"}
+    result = gpu_check("--cpu", str(out), env=env, timeout=300)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    stages = {s["stage"]: s["status"] for s in json.loads((out / "summary.json").read_text())["stages"]}
+    assert stages == {name: "ok" if name in ("setup", "process_group") else "not_selected" for name in STAGES}
+    assert (
+        result.stdout.splitlines()[-1].startswith("gpu_check: ")
+        and "every selected stage passed" in result.stdout
+    )
+
+
+def test_stages_past_the_budget_are_skipped_and_fail_the_check(tmp_path):
+    out = tmp_path / "out"
+    env = {"GPU_CHECK_WORK": str(tmp_path / "work"), "GPU_CHECK_BUDGET_S": "5"}
+    result = gpu_check("--cpu", str(out), env=env, timeout=120)
+    assert result.returncode == 1, (result.stdout + result.stderr)[-4000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert not summary["ok"] and summary["failed"] == STAGES
+    assert all(s["status"] == "skipped" for s in summary["stages"])
+    assert f"{len(STAGES)} stage(s) did not pass" in result.stdout.splitlines()[-1]
