@@ -17,6 +17,14 @@ from transformer_mt.models import build_model
 REPO = Path(__file__).resolve().parents[1]
 
 
+def write_token_array(prefix: Path, sequences: list[list[int]], *, vocab_size: int) -> None:
+    """A binarized token array of `sequences`, written as `prepare` writes one."""
+    from transformer_mt.data.binarize import TokenArrayWriter
+
+    with TokenArrayWriter(prefix, vocab_size=vocab_size) as writer:
+        writer.add(sequences)
+
+
 def write_small_corpus(directory: Path, train_size: int = 600) -> Path:
     """The embedded sample at a small size: train/valid/test .en/.de in `directory`."""
     from transformer_mt.data.sample import write_sample

@@ -69,12 +69,6 @@ def test_batches_respect_the_token_budget_counting_padding():
     assert max(len(b) for b in batches) > 1
 
 
-def test_max_sentences_caps_the_batch_size():
-    src, tgt = np.ones(50, int), np.ones(50, int)
-    batches = list(TokenBatchSampler(src, tgt, max_tokens=1000, max_sentences=8))
-    assert max(len(b) for b in batches) == 8 and sum(len(b) for b in batches) == 50
-
-
 def test_a_pair_longer_than_the_budget_goes_alone():
     src, tgt = np.array([3, 3, 500, 3]), np.array([3, 3, 4, 3])
     batches = list(TokenBatchSampler(src, tgt, max_tokens=16, shuffle=False))
@@ -135,7 +129,6 @@ def test_restored_state_continues_with_the_same_batches(stop_after):
 
     restored = TokenBatchSampler(src, tgt, **kwargs)
     restored.load_state_dict(state)
-    restored.set_epoch(1)  # a no-op for the epoch it is already in
     assert taken + list(restored) == expected[len(uninterrupted) :]
     assert restored.state_dict() == {"epoch": 2, "position": 0}
 
@@ -154,13 +147,47 @@ def test_state_at_the_end_of_an_epoch_moves_on_to_the_next():
     assert list(restored) == sampler.epoch_batches(1)
 
 
-def test_set_epoch_starts_a_new_epoch_from_the_beginning():
+def test_a_state_at_the_start_of_an_epoch_yields_that_epoch():
     src, tgt = random_sizes(200, seed=8)
     sampler = TokenBatchSampler(src, tgt, max_tokens=100)
     next(iter(sampler))
-    sampler.set_epoch(5)
+    sampler.load_state_dict({"epoch": 5, "position": 0})
     assert sampler.state_dict() == {"epoch": 5, "position": 0}
     assert list(sampler) == sampler.epoch_batches(5)
+
+
+def global_batches(samplers: list[TokenBatchSampler], updates: int, update_freq: int) -> list[list[list[int]]]:
+    """The next `updates` updates of the ranks' samplers: each the sorted batches of all ranks."""
+    iterators = [iter(s) for s in samplers]
+    return [sorted(next(it) for it in iterators for _ in range(update_freq)) for _ in range(updates)]
+
+
+@pytest.mark.parametrize("done", [0, 3, 11])
+def test_global_state_continues_on_another_split_of_the_global_batch(done):
+    src, tgt = random_sizes(700, seed=9)
+    two_ranks = rank_samplers(src, tgt, 2, max_tokens=150, seed=4, multiple_of=1)
+    one_rank = TokenBatchSampler(src, tgt, max_tokens=150, seed=4, multiple_of=2)
+    assert all((a == b).all() for a, b in zip(two_ranks[0].batches, one_rank.batches, strict=True))
+    expected = global_batches([one_rank], len(one_rank) // 2, update_freq=2)  # a whole epoch, 1 x 2
+    taken = global_batches(two_ranks, done, update_freq=1)  # 2 x 1 for `done` updates
+    state = two_ranks[0].global_state()
+    assert state == {"epoch": 0, "batches_done": 2 * done, "epoch_batches": len(one_rank.batches)}
+    assert state == two_ranks[1].global_state()
+
+    resumed = TokenBatchSampler(src, tgt, max_tokens=150, seed=4, multiple_of=2)
+    assert resumed.load_global_state(state) is True
+    rest = global_batches([resumed], len(expected) - done, update_freq=2)
+    assert taken + rest == expected
+
+
+def test_global_state_of_another_cut_goes_on_from_the_same_fraction_of_the_epoch():
+    src, tgt = random_sizes(700, seed=9)
+    small = TokenBatchSampler(src, tgt, max_tokens=100, seed=4)
+    large = TokenBatchSampler(src, tgt, max_tokens=300, seed=4, world_size=2, rank=1, multiple_of=3)
+    state = {"epoch": 2, "batches_done": len(small.batches) // 2, "epoch_batches": len(small.batches)}
+    assert large.load_global_state(state) is False
+    epoch, position = large.state_dict().values()
+    assert epoch == 2 and abs(position / len(large) - 0.5) < 3 / len(large) and (2 * position) % 6 == 0
 
 
 def test_state_from_other_data_is_refused():
@@ -174,14 +201,11 @@ def test_state_from_other_data_is_refused():
     sizes=st.lists(st.tuples(st.integers(0, 60), st.integers(0, 60)), min_size=1, max_size=300),
     max_tokens=st.integers(1, 400),
     world_size=st.integers(1, 4),
-    max_sentences=st.one_of(st.none(), st.integers(1, 20)),
     seed=st.integers(0, 5),
 )
-def test_every_pair_once_per_epoch_within_budget_for_any_sizes(
-    sizes, max_tokens, world_size, max_sentences, seed
-):
+def test_every_pair_once_per_epoch_within_budget_for_any_sizes(sizes, max_tokens, world_size, seed):
     src, tgt = np.array([s for s, _ in sizes]), np.array([t for _, t in sizes])
-    kwargs = dict(max_tokens=max_tokens, max_sentences=max_sentences, seed=seed)
+    kwargs = dict(max_tokens=max_tokens, seed=seed)
     unsharded = len(TokenBatchSampler(src, tgt, **kwargs))
     if -(-unsharded // world_size) * world_size > len(sizes):  # more batches needed than there are pairs
         with pytest.raises(ValueError, match="cannot cut"):
@@ -194,8 +218,6 @@ def test_every_pair_once_per_epoch_within_budget_for_any_sizes(
     assert sorted(seen) == list(range(len(sizes))) and set(seen.values()) == {1}
     everything = [batch for batches in per_rank for batch in batches]
     assert_within_budget(everything, src, tgt, max_tokens)
-    if max_sentences is not None:
-        assert max(len(b) for b in everything) <= max_sentences
 
 
 def reference_batches(src, tgt, max_tokens: int, seed: int) -> list[list[int]]:

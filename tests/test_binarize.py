@@ -4,13 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from transformer_mt.data.binarize import (
-    ParallelDataset,
-    TokenArray,
-    TokenArrayWriter,
-    token_dtype,
-    write_token_array,
-)
+from tests.helpers import write_token_array
+from transformer_mt.data.binarize import ParallelDataset, TokenArray, TokenArrayWriter, token_dtype
 from transformer_mt.data.vocab import BOS_ID, EOS_ID, PAD_ID
 
 
@@ -77,3 +72,25 @@ def test_unequal_sides_are_refused(tmp_path):
     write_token_array(tmp_path / "tgt", [[4]], vocab_size=100)
     with pytest.raises(ValueError, match="source has 2 sequences but target has 1"):
         ParallelDataset(TokenArray(tmp_path / "src"), TokenArray(tmp_path / "tgt"))
+
+
+def test_a_subset_is_a_view_with_its_own_sizes_and_the_datasets_ids(tmp_path):
+    write_token_array(tmp_path / "src", [[4, 5], [6], [7, 8, 9], [10]], vocab_size=100)
+    write_token_array(tmp_path / "tgt", [[10], [11, 12, 13], [], [14, 15]], vocab_size=100)
+    dataset = ParallelDataset(TokenArray(tmp_path / "src"), TokenArray(tmp_path / "tgt"))
+    view = dataset.subset([3, 0])
+    assert len(view) == 2 and view.src_sizes.tolist() == [1, 2] and view.tgt_sizes.tolist() == [2, 1]
+    assert [a.tolist() for a in view[0]] == [[10], [14, 15]]
+    batch = view.batch([1, 0])
+    assert batch.ids.tolist() == [0, 3]
+    assert batch.src_tokens.tolist() == dataset.batch([0, 3]).src_tokens.tolist()
+
+
+def test_within_positions_keeps_the_pairs_whose_sides_fit_with_eos_and_bos(tmp_path):
+    write_token_array(tmp_path / "src", [[4, 5], [6], [7, 8, 9]], vocab_size=100)
+    write_token_array(tmp_path / "tgt", [[10], [11, 12, 13], []], vocab_size=100)
+    dataset = ParallelDataset(TokenArray(tmp_path / "src"), TokenArray(tmp_path / "tgt"))
+    assert dataset.within_positions(None) is dataset and dataset.within_positions(4) is dataset
+    fitting = dataset.within_positions(3)  # 2 ids + EOS fit in 3 positions, 3 ids + EOS do not
+    assert fitting.indices.tolist() == [0] and fitting.batch([0]).ids.tolist() == [0]
+    assert len(dataset.within_positions(1)) == 0

@@ -394,6 +394,45 @@ def test_resume_with_another_vocabulary_is_refused(straight, corpus, tmp_path, c
     assert "another sentencepiece vocabulary" in error
 
 
+def test_resume_from_a_checkpoint_without_a_model_or_of_another_model_is_one_line(straight, corpus, tmp_path, capsys):
+    run = resumable_copy(straight, tmp_path, 8)
+    last = run / "checkpoints/checkpoint_last.pt"
+    state = ckpt.load_checkpoint(last)
+    ckpt.save_checkpoint({k: v for k, v in state.items() if k not in ("model", "model_config")}, last)
+    error = cli_error(capsys, ["train", *train_args(run, corpus)], one_line=True)
+    assert f"{last} cannot be resumed from: it has no model, model_config entry" in error
+
+    ckpt.save_checkpoint({**state, "model_config": {**state["model_config"], "ffn_dim": 128}}, last)
+    error = cli_error(capsys, ["train", *train_args(run, corpus)], one_line=True)
+    assert "its config differs in ffn_dim (checkpoint 128, this run 64)" in error and "{" not in error, error
+
+
+# A disk that is full when TensorBoard writes its events (ENOSPC for the files of RUN/tensorboard).
+FULL_TENSORBOARD_CLI = """
+import errno, io, sys
+real_open = io.open
+def full_open(file, mode="r", *args, **kwargs):
+    if "/tensorboard/" in str(file) and any(m in mode for m in "wa"):
+        raise OSError(errno.ENOSPC, "No space left on device", str(file))
+    return real_open(file, mode, *args, **kwargs)
+io.open = full_open
+from transformer_mt.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_a_full_disk_at_tensorboard_is_one_line_naming_it_without_a_thread_traceback(straight, corpus, tmp_path):
+    run = resumable_copy(straight, tmp_path, 8)
+    result = subprocess.run(
+        [sys.executable, "-c", FULL_TENSORBOARD_CLI, "train", *train_args(run, corpus)],
+        capture_output=True, text=True, env=ENV, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    error = result.stderr.strip().splitlines()[-1]
+    assert f"could not write {run / 'tensorboard'}: No space left on device" in error, error
+    assert "Traceback" not in result.stderr and "Exception in thread" not in result.stderr, result.stderr
+
+
 # ----------------------------------------------------------------------------- hostile input to translate
 
 

@@ -11,6 +11,7 @@ import torch
 
 from tests.helpers import TINY_MODEL, files_overrides, run_cli, write_small_corpus
 from transformer_mt.checkpoint import load_checkpoint
+from transformer_mt.data.sample import write_sample
 
 QUICK = [
     "trainer.max_tokens=512",
@@ -129,3 +130,54 @@ def test_max_minutes_stops_after_the_update_that_spends_the_budget_and_resume_re
     train(run, corpus, *budget)  # the budget counts the whole run, so a resume has nothing left
     assert "reached max_minutes=0.0001 before this resume (step 1)" in (run / "train.log").read_text()
     assert load_checkpoint(run / "checkpoints/checkpoint_last.pt")["step"] == 1
+
+
+def test_the_end_of_training_names_the_best_checkpoint_and_what_to_run_next(prepared, corpus, tmp_path):
+    run = fresh_run(prepared, tmp_path, "end")
+    result = train(run, corpus, "trainer.max_steps=6", "trainer.save_every=2", "trainer.valid_every=3")
+    best = run / "checkpoints/checkpoint_best.pt"
+    assert re.search(rf"best checkpoint: {re.escape(str(best))} \(step [36], valid loss \d+\.\d{{3}}\)", result.stderr)
+    assert f"next: transformer-mt evaluate checkpoint={best}" in result.stderr
+    assert f"transformer-mt average output_dir={run} last=3 && transformer-mt evaluate" in result.stderr
+    assert re.search(r"valid \| loss \S+ \| nll \S+ \| ppl \S+ \| step 3 \| \d+\.\d s loss\n", result.stderr)
+    evaluate = result.stderr.split("next: transformer-mt ")[1].splitlines()[0].split()
+    assert run_cli(*evaluate).returncode == 0  # the command works as printed
+
+
+def test_target_bleu_stops_at_the_first_validation_that_reaches_it_and_logs_time_and_flops(tmp_path):
+    """MLPerf's protocol at a toy scale: the embedded sample, a target a small model reaches in ~100 steps."""
+    sample = ["data.vocab_size=500", "trainer.max_tokens=1024", "trainer.warmup_steps=100", "trainer.lr=0.006"]
+    model = ["model=transformer_tiny", "model.d_model=64", "model.ffn_dim=256", "model.heads=4", "model.norm=pre"]
+    model += ["model.encoder_layers=2", "model.decoder_layers=2", "model.dropout=0.0"]
+    target = ["trainer.target_bleu=0.3", "trainer.valid_every=50", "trainer.valid_bleu_sentences=20", "decoding.beam=1"]
+    run = tmp_path / "target"
+    result = run_cli(
+        "train", *sample, *model, *target, "trainer.max_steps=1000", "trainer.device=cpu", f"output_dir={run}"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    bleus = [(int(s), float(b)) for b, s in re.findall(r"\| bleu (\S+) \| step (\d+)", result.stderr)]
+    assert bleus[-1][1] >= 0.3 and all(b < 0.3 for _, b in bleus[:-1]) and bleus[-1][0] < 1000
+    assert f"stopped: reached target_bleu=0.3: valid BLEU {bleus[-1][1]:.2f} at step {bleus[-1][0]}" in result.stderr
+    assert re.search(r"time to target BLEU 0\.3: \d+\.\d min of training .* \d\.\d{3}e\+\d+ FLOPs", result.stderr)
+    assert load_checkpoint(run / "checkpoints/checkpoint_last.pt")["step"] == bleus[-1][0]
+
+
+def test_init_from_fine_tunes_on_another_corpus_with_the_checkpoints_vocabulary(prepared, corpus, tmp_path):
+    """Another corpus is encoded with the source run's sentencepiece model (data.spm_model), so that
+    trainer.init_from accepts it; a vocabulary trained on that corpus instead is refused in one line."""
+    source = fresh_run(prepared, tmp_path, "source")
+    train(source, corpus, "trainer.max_steps=2")
+    weights = source / "checkpoints/checkpoint_last.pt"
+    other = write_sample(tmp_path / "other", seed=11, train_size=300, valid_size=20, test_size=20)
+
+    tuned = tmp_path / "tuned"
+    init = [f"trainer.init_from={weights}", "trainer.max_steps=2"]
+    result = train(tuned, other, f"data.spm_model={source / 'data/spm.model'}", *init)
+    assert f"initialised from {weights} (step 2 of its run)" in result.stderr
+    assert load_checkpoint(tuned / "checkpoints/checkpoint_last.pt")["sentencepiece"] == (
+        load_checkpoint(weights)["sentencepiece"]
+    )
+
+    own = tmp_path / "own_vocabulary"
+    refused = run_cli("train", *files_overrides(other), *TINY_MODEL, *QUICK, f"output_dir={own}", *init)
+    assert refused.returncode == 2 and "another sentencepiece vocabulary" in refused.stderr.strip().splitlines()[-1]

@@ -35,9 +35,8 @@ def setup(tmp_path_factory):
 def test_validation_loss_is_the_per_token_mean_over_every_valid_pair_in_bits(setup):
     runtime, data, model = setup
     valid = data.dataset("valid")
-    pairs = torch.arange(len(valid)).numpy()
     batches = [[0, 1, 2], list(range(3, len(valid)))]  # any cut into batches gives the same mean
-    scores = validation_loss(runtime, model, valid, pairs, batches, label_smoothing=0.0)
+    scores = validation_loss(runtime, model, valid, batches, label_smoothing=0.0)
 
     total, tokens = 0.0, 0
     with torch.no_grad():
@@ -50,7 +49,7 @@ def test_validation_loss_is_the_per_token_mean_over_every_valid_pair_in_bits(set
     assert scores["loss"] == pytest.approx(scores["nll"], rel=1e-6)  # no smoothing: loss is the nll
     assert scores["ppl"] == pytest.approx(2 ** scores["nll"])
 
-    smoothed = validation_loss(runtime, model, valid, pairs, batches, label_smoothing=0.1)
+    smoothed = validation_loss(runtime, model, valid, batches, label_smoothing=0.1)
     # Smoothing changes the loss (towards uniform: lower for this untrained model), never the nll.
     assert smoothed["nll"] == pytest.approx(scores["nll"]) and smoothed["loss"] != pytest.approx(smoothed["nll"])
 
@@ -58,17 +57,19 @@ def test_validation_loss_is_the_per_token_mean_over_every_valid_pair_in_bits(set
 def test_validate_picks_bleu_when_asked_and_the_negated_loss_otherwise(setup):
     runtime, data, model = setup
     valid = data.dataset("valid")
-    pairs, batches = torch.arange(len(valid)).numpy(), [list(range(len(valid)))]
+    pairs, batches = valid.subset(range(len(valid))), [list(range(len(valid)))]
     decoding = DecodingConfig(beam=2, max_len_b=5)
 
     scores, metric = validate(
         runtime, model, data, pairs, batches, label_smoothing=0.1, decoding_cfg=decoding, bleu_sentences=None
     )
     assert "bleu" not in scores and metric == -scores["loss"]
+    assert scores["loss_seconds"] > 0 and "bleu_seconds" not in scores
 
     scores, metric = validate(
         runtime, model, data, pairs, batches, label_smoothing=0.1, decoding_cfg=decoding, bleu_sentences=7
     )
+    assert scores["bleu_seconds"] > 0
     src, ref = data.text_paths("valid")
     sources = src.read_text(encoding="utf-8").splitlines()[:7]
     references = ref.read_text(encoding="utf-8").splitlines()[:7]

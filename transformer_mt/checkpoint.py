@@ -68,7 +68,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f, ThreadPoolExecutor(max_workers=1) as background:
-            digest = background.submit(_digest, data[:-2])  # hashed while the bytes are written
+            digest = background.submit(bytes_digest, data[:-2])  # hashed while the bytes are written
             f.write(data[:-2])
             comment = _DIGEST_TAG + digest.result().encode()
             f.write(len(comment).to_bytes(2, "little") + comment)  # the archive's comment: length, text
@@ -94,7 +94,7 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _digest(data: memoryview | mmap.mmap) -> str:
+def bytes_digest(data: memoryview | mmap.mmap) -> str:
     """sha256 over the sha256 of each 16 MiB block of `data`, the blocks hashed by several threads at
     once (hashlib releases the GIL), so that a large checkpoint's digest costs little wall time."""
     view = memoryview(data)
@@ -121,7 +121,7 @@ def _verify_digest(path: Path) -> bool:
         stored = comment[len(_DIGEST_TAG) :].decode("ascii", errors="replace")
         view = memoryview(data)
         try:
-            intact = _digest(view[: end + 20]) == stored  # every byte before the comment's length
+            intact = bytes_digest(view[: end + 20]) == stored  # every byte before the comment's length
         finally:
             view.release()
         if not intact:

@@ -1,7 +1,7 @@
 """The typed configuration of every command, registered with Hydra's ConfigStore.
 
 Each part of the system owns the dataclass of its part (`DataConfig` in data/prepare.py,
-`TransformerConfig` in models/transformer.py, `TrainerConfig` in training/trainer.py, ...). Here they
+`TransformerConfig` in models/transformer.py, `TrainerConfig` in training/config.py, ...). Here they
 are registered as the schemas that the YAML presets in `configs/` extend, and assembled into one root
 config per command. Composition goes through Hydra's compose API, so a misspelt key, a wrong type or
 an unknown preset is an error before any work starts, and no Hydra run folder is created (each DDP
@@ -30,7 +30,7 @@ from transformer_mt.models.convs2s import ConvS2SConfig
 from transformer_mt.models.lstm import LSTMConfig
 from transformer_mt.models.transformer import TransformerConfig
 from transformer_mt.serve.settings import ServerConfig
-from transformer_mt.training.trainer import TrainerConfig
+from transformer_mt.training.config import TrainerConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 

@@ -3,8 +3,9 @@
 Every command (train, evaluate, translate, average, bench) asks this module for a `Runtime` and then
 uses its contexts and methods instead of branching on the environment: `autocast()` for mixed
 precision, `wrap(model)` for DDP and `torch.compile`, `no_sync(module, sync=...)` for gradient
-accumulation, `is_main` for what only rank 0 does, and a few collectives (`all_reduce_sum`,
-`broadcast_object`, `gather_objects`, `barrier`) that are plain pass-throughs on one process.
+accumulation, `is_main` for what only rank 0 does, `main_first` for what rank 0 must do before the
+others (however long it takes), and a few collectives (`all_reduce_sum`, `broadcast_object`,
+`gather_objects`, `barrier`) that are plain pass-throughs on one process.
 
 `init_runtime` reads what `torchrun` sets (RANK, WORLD_SIZE, LOCAL_RANK), picks the device and the
 process-group backend (NCCL on GPU, gloo on CPU); `local_runtime` is the one-process runtime of the
@@ -17,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEVICES = ("auto", "cpu", "cuda")
+PATIENT_TIMEOUT = datetime.timedelta(days=365)  # `main_first`'s wait: in practice none
 
 
 def resolve_device(name: str, *, key: str = "device", local_rank: int = 0) -> torch.device:
@@ -130,6 +134,26 @@ class Runtime:
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
+
+    @contextlib.contextmanager
+    def main_first(self, what: str) -> Iterator[None]:
+        """Run the block on rank 0 first, and on the other ranks once rank 0 has finished it, however
+        long that takes: they wait on a group of their own without the collective timeout (rank 0
+        preparing a large corpus must not end the job), after printing what they wait for. If rank 0
+        fails inside the block it exits, and torchrun stops the others."""
+        if not self.distributed:
+            yield
+            return
+        group = dist.new_group(backend="gloo", timeout=PATIENT_TIMEOUT)
+        try:
+            if not self.is_main:
+                print(f"rank {self.rank}: waiting for rank 0 to {what} (no time limit)", file=sys.stderr, flush=True)
+                dist.barrier(group=group)
+            yield
+            if self.is_main:
+                dist.barrier(group=group)
+        finally:
+            dist.destroy_process_group(group)
 
 
 def local_runtime(*, device: str = "auto", precision: str = "fp32", key_prefix: str = "") -> Runtime:

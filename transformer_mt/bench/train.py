@@ -4,9 +4,10 @@ One training step is forward + backward + Adam update on one synthetic batch (de
 of 32 source and 32 target tokens, a 32000-entry vocabulary, no padding). For each model preset and
 precision it measures, in the same run and on the same batch shape:
 
-- transformer-mt: the trainer's own update (`training.trainer._update`: autocast, label-smoothed
-  cross-entropy, backward, gradient norm, Adam from `build_adam`); with compile=true also under
-  `torch.compile`, as `trainer.compile=true` runs it;
+- transformer-mt: the trainer's own update (`training.step.train_step`: autocast, label-smoothed
+  cross-entropy, backward, the update's all_reduce of its scalars, gradient normalisation and norm,
+  Adam from `build_adam`); with compile=true also under `torch.compile`, as `trainer.compile=true`
+  runs it;
 - torch: a Transformer of equal size written with `torch.nn.Transformer` (peer_scripts/torch_train.py);
 - JoeyNMT 2.3.0 and Eole 0.6.4: each framework's model built by its own model builder from a config
   dict, with its own loss and Adam, in a virtual environment of its own (see `peers.py`);
@@ -38,9 +39,10 @@ from transformer_mt.data.batching import Batch
 from transformer_mt.models import build_model, count_parameters
 from transformer_mt.models.transformer import TransformerConfig
 from transformer_mt.runtime import PRECISIONS, Runtime, resolve_device
-from transformer_mt.training.cost import TrainingCost
+from transformer_mt.training.config import TrainerConfig
 from transformer_mt.training.optim import build_adam
-from transformer_mt.training.trainer import TrainerConfig, _update
+from transformer_mt.training.run import TrainingRun
+from transformer_mt.training.step import train_step
 
 MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
 PAD, BOS, EOS = 0, 2, 3  # docs/design.md
@@ -151,13 +153,21 @@ def measure_ours(
     args = step_args(cfg, model_cfg, precision, device)
     harness.setup(args)
     model = build_model(model_cfg, vocab_size=cfg.vocab_size, pad_id=PAD).to(device)
-    optimizer = build_adam(model, betas=(0.9, 0.98), eps=1e-9, weight_decay=0.0, device=device)
-    for group in optimizer.param_groups:
-        group["lr"] = 1e-4
-    runtime = Runtime(rank=0, world_size=1, local_rank=0, device=device, precision=precision)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    trainer_cfg = TrainerConfig(label_smoothing=cfg.label_smoothing, precision=precision, device=device.type)
-    step_model = torch.compile(model) if compiled else model  # as trainer.compile=true does
+    run = TrainingRun(  # the parts of a run that `train_step` uses
+        cfg=TrainerConfig(
+            label_smoothing=cfg.label_smoothing,
+            precision=precision,
+            device=device.type,
+            max_tokens=cfg.batch_size * max(cfg.src_len, cfg.tgt_len),
+            schedule="constant",
+            lr=1e-4,
+        ),
+        runtime=Runtime(rank=0, world_size=1, local_rank=0, device=device, precision=precision),
+        model=model,
+        step_model=torch.compile(model) if compiled else model,  # as trainer.compile=true does
+        optimizer=build_adam(model, betas=(0.9, 0.98), eps=1e-9, weight_decay=0.0, device=device),
+        scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
+    )
     tensors = harness.synthetic_batch(args, torch.device("cpu"), bos=BOS, eos=EOS)
     batch = Batch(
         src_tokens=tensors["src"],
@@ -171,7 +181,7 @@ def measure_ours(
         batch = batch.pin_memory()  # as the trainer's loader would hand it over
 
     def step() -> None:
-        _update(runtime, step_model, model, optimizer, scaler, [batch], trainer_cfg, TrainingCost())
+        train_step(run, [batch])
 
     seconds = harness.time_steps(step, args, device)
     return {"step_seconds": seconds, "params": count_parameters(model), "model": model}

@@ -88,10 +88,9 @@ class TokenBatchSampler:
     """Yields lists of pair indices: this rank's batches of one epoch, from a saved position.
 
     Budget: every batch of two or more pairs satisfies `len(batch) * max(src_len + 1) <= max_tokens`
-    and `len(batch) * max(tgt_len + 1) <= max_tokens` (padding counted, +1 for EOS/BOS), and has at
-    most `max_sentences` pairs. A single pair longer than `max_tokens` is not dropped: it goes alone
-    in its own batch, the only case where a batch exceeds the budget (filter long pairs when
-    preparing the data if that must not happen).
+    and `len(batch) * max(tgt_len + 1) <= max_tokens` (padding counted, +1 for EOS/BOS). A single
+    pair longer than `max_tokens` is not dropped: it goes alone in its own batch, the only case where
+    a batch exceeds the budget (filter long pairs when preparing the data if that must not happen).
 
     Batches are built once: pairs sorted by (target length, source length), ties broken by a seeded
     random order, then cut greedily. Their composition is fixed; their order is shuffled per epoch by
@@ -106,7 +105,10 @@ class TokenBatchSampler:
     epoch (epoch + 1, position 0) once the caller has taken the last batch. `state_dict()` gives
     {"epoch", "position"} where position counts the batches already handed out in this epoch;
     a sampler given that state by `load_state_dict` continues with exactly the batches the original
-    would have yielded. (Behind a prefetching DataLoader, save the count the training loop consumed.)
+    would have yielded. `global_state()` says the same in terms of the epoch's global order (the
+    batches all ranks together have taken), which a sampler on another number of ranks continues
+    from (`load_global_state`): what a checkpoint stores. (Behind a prefetching loader, save the
+    state after the batches the training loop consumed, as `data/loader.py` does.)
     """
 
     def __init__(
@@ -119,36 +121,25 @@ class TokenBatchSampler:
         seed: int = 1,
         rank: int = 0,
         world_size: int = 1,
-        max_sentences: int | None = None,
         multiple_of: int = 1,
     ) -> None:
         src_sizes, tgt_sizes = _as_sizes(src_sizes), _as_sizes(tgt_sizes)  # no copy of an integer array
         if src_sizes.shape != tgt_sizes.shape or src_sizes.ndim != 1:
             raise ValueError(f"src_sizes {src_sizes.shape} and tgt_sizes {tgt_sizes.shape} must be equal 1-d")
-        if max_tokens < 1 or (max_sentences is not None and max_sentences < 1):
-            raise ValueError(
-                f"max_tokens ({max_tokens}) and max_sentences ({max_sentences}) must be positive"
-            )
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be positive, got {max_tokens}")
         if multiple_of < 1:
             raise ValueError(f"multiple_of must be positive, got {multiple_of}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside 0..{world_size - 1} (world_size {world_size})")
         self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
-        self.max_tokens = max_tokens
-        self.batches = _even_batches(
-            _pack(src_sizes, tgt_sizes, max_tokens, max_sentences or len(src_sizes) or 1, seed),
-            world_size * multiple_of,
-        )
+        self.max_tokens, self.multiple_of = max_tokens, multiple_of
+        self.batches = _even_batches(_pack(src_sizes, tgt_sizes, max_tokens, seed), world_size * multiple_of)
         self.epoch, self.position = 0, 0
 
     def __len__(self) -> int:
         """Batches per rank per epoch."""
         return len(self.batches) // self.world_size
-
-    def set_epoch(self, epoch: int) -> None:
-        """Start `epoch` from its beginning; a no-op when already in `epoch` (keeps a restored position)."""
-        if epoch != self.epoch:
-            self.epoch, self.position = epoch, 0
 
     def _epoch_order(self, epoch: int) -> np.ndarray:
         """Which of `self.batches` this rank takes in `epoch`, in order."""
@@ -180,6 +171,31 @@ class TokenBatchSampler:
             )
         self.epoch, self.position = epoch, position
 
+    def global_state(self) -> dict[str, int]:
+        """The position in the epoch's global order: {"epoch", "batches_done" by all ranks together,
+        "epoch_batches"}. It is the same for every split of one global batch into ranks x update_freq."""
+        return {
+            "epoch": self.epoch,
+            "batches_done": self.position * self.world_size,
+            "epoch_batches": len(self.batches),
+        }
+
+    def load_global_state(self, state: dict[str, int]) -> bool:
+        """Continue from the `global_state()` of a sampler over the same pairs on any number of ranks.
+
+        Returns whether the continuation is exact. It is not when that sampler cut the epoch into
+        another number of batches (another max_tokens, or another global batch ranks x update_freq)
+        or stopped inside an update of ours: this sampler then goes on from the same fraction of the
+        epoch, at the start of an update, so that the rest of the epoch may skip or repeat a few pairs.
+        """
+        epoch, done, total = int(state["epoch"]), int(state["batches_done"]), int(state["epoch_batches"])
+        if total != len(self.batches):
+            done = done * len(self.batches) // max(total, 1)
+        update = self.world_size * self.multiple_of  # global batches of one update
+        exact = total == len(self.batches) and done % update == 0
+        self.load_state_dict({"epoch": epoch, "position": (done - done % update) // self.world_size})
+        return exact
+
 
 def _as_sizes(sizes: Sequence[int] | np.ndarray) -> np.ndarray:
     sizes = np.asarray(sizes)
@@ -208,9 +224,7 @@ class PackedBatches:
 _PACK_CHUNK = 1 << 16  # pairs whose sizes are turned into Python ints at a time
 
 
-def _pack(
-    src_sizes: np.ndarray, tgt_sizes: np.ndarray, max_tokens: int, max_sentences: int, seed: int
-) -> PackedBatches:
+def _pack(src_sizes: np.ndarray, tgt_sizes: np.ndarray, max_tokens: int, seed: int) -> PackedBatches:
     """Cut the length-sorted pairs greedily into batches within the padded token budget."""
     tie_break = np.random.default_rng(seed).permutation(len(src_sizes))
     order = np.lexsort((tie_break, src_sizes, tgt_sizes))  # the last key sorts first
@@ -228,7 +242,7 @@ def _pack(
             if tgt > tgt_max:
                 tgt_max = tgt
             size = j - start + 1
-            if size > 1 and (size > max_sentences or size * src_max > max_tokens or size * tgt_max > max_tokens):
+            if size > 1 and (size * src_max > max_tokens or size * tgt_max > max_tokens):
                 starts.append(j)  # pair j opens the next batch
                 start, src_max, tgt_max = j, src, tgt
     bounds = np.array([*starts, len(order)] if len(order) else [0], dtype=np.int64)

@@ -87,11 +87,6 @@ class TokenArrayWriter:
             self._file.close()
 
 
-def write_token_array(prefix: str | Path, sequences: Sequence[Sequence[int]], *, vocab_size: int) -> None:
-    with TokenArrayWriter(prefix, vocab_size=vocab_size) as writer:
-        writer.add(sequences)
-
-
 def encode_pairs(
     pairs: Iterator[tuple[str, str]],
     vocab: Vocabulary,
@@ -227,3 +222,35 @@ class ParallelDataset:
     def batch(self, indices: Sequence[int]) -> Batch:
         """The padded `Batch` of these pairs (indices as yielded by `TokenBatchSampler`)."""
         return collate([self[i] for i in indices], indices)
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> PairSubset:
+        """A view of the pairs `indices`, in that order (no pair is copied)."""
+        return PairSubset(self, np.asarray(indices, dtype=np.int64))
+
+    def within_positions(self, max_positions: int | None) -> ParallelDataset | PairSubset:
+        """The pairs a model with `max_positions` positions can take: both sides with their EOS / BOS
+        (one position more than their ids) within it. The dataset itself when every pair fits."""
+        if max_positions is None:
+            return self
+        fits = (self.src_sizes < max_positions) & (self.tgt_sizes < max_positions)
+        return self if fits.all() else self.subset(np.flatnonzero(fits))
+
+
+class PairSubset:
+    """Some pairs of a `ParallelDataset`, with their own sizes: item i is pair `indices[i]` of the
+    dataset. A `TokenBatchSampler` over the view yields positions in it; its batches carry the pairs'
+    ids in the whole dataset."""
+
+    def __init__(self, dataset: ParallelDataset, indices: np.ndarray) -> None:
+        self.dataset, self.indices = dataset, indices
+        self.src_sizes = dataset.src_sizes[indices]
+        self.tgt_sizes = dataset.tgt_sizes[indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.dataset[self.indices[i]]
+
+    def batch(self, positions: Sequence[int]) -> Batch:
+        return self.dataset.batch(self.indices[np.asarray(positions, dtype=np.int64)].tolist())

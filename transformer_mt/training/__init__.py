@@ -1,1 +1,1 @@
-"""Loss, optimiser and schedule, checkpoints, distributed set-up, FLOPs and the training loop."""
+"""Training: the settings, the run and its parts, one update, the loop, validation, checkpoints, FLOPs."""

@@ -1,9 +1,9 @@
 """Stopping cleanly when asked: SIGTERM or SIGINT finish the current update, save, and exit.
 
 Schedulers send SIGTERM before they pre-empt a job (Slurm, Kubernetes), people press Ctrl-C
-(SIGINT). The first such signal only raises a flag. The trainer reads it once per update, before
-taking the next batches, and all ranks agree on it with one tiny all_reduce, so that every rank
-stops after the same update and the checkpoint they write is consistent. The trainer then writes
+(SIGINT). The first such signal only raises a flag. Each update carries every rank's vote (`votes`)
+in the all_reduce of its scalars (`training/step.py`), so that all ranks agree on it without a
+collective of its own, stop after the same update, and the checkpoint they write is consistent. The trainer then writes
 checkpoint_last.pt and exits with status 128 + the signal's number (143 for SIGTERM, 130 for
 SIGINT); running the same command again resumes exactly where it stopped.
 
@@ -20,8 +20,6 @@ import signal
 import threading
 import time
 from types import FrameType
-
-from transformer_mt.runtime import Runtime
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 REPEAT_WINDOW_S = 2.0
@@ -70,12 +68,14 @@ class StopRequest:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
 
-    def agreed_signal(self, runtime: Runtime) -> int:
-        """The signal every rank stops for (0: go on); a collective, so every rank must call it."""
-        if not runtime.distributed:
-            return self.signum
-        votes = runtime.all_reduce_sum([float(self.signum == sig) for sig in STOP_SIGNALS])
-        return next((int(sig) for sig, vote in zip(STOP_SIGNALS, votes, strict=True) if vote), 0)
+    def votes(self) -> list[float]:
+        """This rank's vote for each of `STOP_SIGNALS` (1.0 for the one received, if any)."""
+        return [float(self.signum == sig) for sig in STOP_SIGNALS]
+
+
+def agreed_signal(votes: list[float]) -> int:
+    """The signal that the ranks' summed `votes` stop them all for (0: go on)."""
+    return next((int(sig) for sig, vote in zip(STOP_SIGNALS, votes, strict=True) if vote > 0), 0)
 
 
 def _say(message: str) -> None:
