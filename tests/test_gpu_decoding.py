@@ -2,12 +2,14 @@
 TRANSFORMER_MT_TEST_DEVICE=cpu runs the same bodies on the CPU).
 
 The model is the quick start's: `transformer-mt train` on the embedded sample (the tiny Transformer,
-1000 steps; 500 on a CPU, where that takes minutes), trained once per session on the device. Mixed
+1000 steps, about 10 minutes on a 2-core CPU), trained once per session on the device. Mixed
 precision changes the rounding of every logit, so a beam search may pick another hypothesis where
 two are within rounding of each other; on a trained model such near-ties are rare, and at least
 AGREEMENT of the lines must be the very same text as in fp32. Measured on the CPU (torch 2.13.0, the
 500 test sentences, beam 4): after 1000 steps bf16 98.6% and fp16 99.8% identical lines (BLEU 86.96
-and 86.94, fp32 86.90); after 500 steps 97.0% and 99.4% (BLEU 57.5, 57.6, fp32 57.6).
+and 86.94, fp32 86.90); after 500 steps 97.0% and 99.4% (BLEU 57.5, 57.6, fp32 57.6), and after
+main's trainer rebuild (2026-12-03) bf16 at 500 steps fell to 94.8%: too weak a model to test
+agreement with, so the CPU trains the same 1000 steps as the GPU.
 """
 
 from __future__ import annotations
@@ -20,13 +22,13 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-from tests.devices import DEVICE, GPU, ON_GPU, bf16_supported, device_override
+from tests.devices import DEVICE, GPU, bf16_supported, device_override
 from tests.helpers import run_cli
 
 pytestmark = GPU
 
 AGREEMENT = 0.95
-SAMPLE_STEPS = 1000 if ON_GPU else 500
+SAMPLE_STEPS = 1000  # on a CPU too: at 500 steps the model has too many near-ties (see above)
 PRECISIONS = ["bf16", "fp16"]
 DEVICE_ARGS = [f"device={DEVICE.type}"]
 
