@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -77,6 +79,26 @@ SAMPLE_SENTENCES = [
     "A man rides a bike.",
     "The small dog sleeps under the big tree.",
 ]
+
+
+def kill_process_tree(process: subprocess.Popen) -> None:
+    """SIGKILL a test's background process and every process under it, then reap it.
+
+    Killing its process group is not enough: torchrun starts each worker in a session of its own,
+    and a SIGKILLed torchrun cannot stop them, so they would train on after the test.
+    """
+    if process.poll() is not None:
+        return
+    pids, i = [process.pid], 0
+    while i < len(pids):  # every descendant, found before any of them dies and is re-parented
+        for task in Path(f"/proc/{pids[i]}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                pids += [int(child) for child in (task / "children").read_text().split()]
+        i += 1
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    process.wait()
 
 
 def write_random_checkpoint(

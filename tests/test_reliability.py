@@ -8,7 +8,6 @@ corpus; "the same parameters" means bit-for-bit equal to one uninterrupted run (
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import re
@@ -28,7 +27,7 @@ from filelock import FileLock
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import REPO, TINY_MODEL, files_overrides, run_cli, write_small_corpus
+from tests.helpers import REPO, TINY_MODEL, files_overrides, kill_process_tree, run_cli, write_small_corpus
 from tests.test_trainer import QUICK, fresh_run, losses, params
 from transformer_mt import checkpoint as ckpt
 from transformer_mt.cli import main as cli_main
@@ -138,10 +137,7 @@ class Background:
         return self.process.wait(timeout=timeout)
 
     def kill_group(self) -> None:
-        if self.process.poll() is None:  # not yet reaped: the group it leads is still ours
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        kill_process_tree(self.process)
 
 
 @pytest.fixture(autouse=True)

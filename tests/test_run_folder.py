@@ -5,7 +5,6 @@ the holder leaves no stale lock. The CLI tests run real `transformer-mt` subproc
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, TINY_MODEL, files_overrides, run_cli, write_small_corpus
+from tests.helpers import REPO, TINY_MODEL, files_overrides, kill_process_tree, run_cli, write_small_corpus
 from tests.test_trainer import QUICK
 from transformer_mt.run_folder import LOCK_FILE, RunFolderBusy, own_run_folder
 
@@ -88,9 +87,7 @@ class Training:
             time.sleep(0.05)
 
     def kill(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        kill_process_tree(self.process)
 
 
 @pytest.fixture
@@ -163,3 +160,12 @@ def test_under_torchrun_rank_0_owns_the_folder_and_a_second_job_fails_fast(corpu
     assert "is in use by another transformer-mt process" in second.stderr, second.stderr[-3000:]
     assert time.monotonic() - started < 120  # not the 600 s collective timeout
     assert first.process.poll() is None  # the first job trains on
+    first.kill()  # and stops with its workers, which torchrun started in sessions of their own
+    assert not [pid for pid in Path("/proc").glob("[0-9]*") if str(run) in _cmdline(pid)]
+
+
+def _cmdline(process: Path) -> str:
+    try:
+        return (process / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:  # ended meanwhile
+        return ""
