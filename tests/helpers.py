@@ -7,8 +7,11 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
+import pytest
 import torch
 from filelock import FileLock
 
@@ -99,6 +102,45 @@ def kill_process_tree(process: subprocess.Popen) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     process.wait()
+
+
+BACKGROUND_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+class Background:
+    """A command running in the background, in a session of its own; its stderr goes to a file (a
+    full pipe would block it). Whatever a test leaves running is killed by conftest's fixture."""
+
+    running: list[Background] = []
+
+    def __init__(self, argv: list[str]) -> None:
+        self.stderr_file = tempfile.TemporaryFile("w+")
+        self.process = subprocess.Popen(
+            argv, stdout=subprocess.DEVNULL, stderr=self.stderr_file, text=True, env=BACKGROUND_ENV, cwd=REPO,
+            start_new_session=True,
+        )  # fmt: skip
+        Background.running.append(self)
+
+    def stderr(self) -> str:
+        self.stderr_file.seek(0)
+        return self.stderr_file.read()
+
+    def wait_for(self, condition, timeout: float = 300) -> None:
+        """Poll `condition()` until true; fail if the process ends first or the time runs out."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if self.process.poll() is not None:
+                pytest.fail(f"the run ended first (status {self.process.returncode}): {self.stderr()[-3000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"gave up waiting after {timeout} s")
+            time.sleep(0.02)
+
+    def finish(self, timeout: float = 120) -> int:
+        """The exit status (-N: killed by signal N); fails if the process is still running after `timeout`."""
+        return self.process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        kill_process_tree(self.process)
 
 
 def write_random_checkpoint(

@@ -21,10 +21,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import pytest
 import torch
 
-from tests.helpers import files_overrides, run_cli, write_small_corpus
+from tests.helpers import files_overrides, run_cli
 from tests.test_trainer import QUICK, fresh_run, losses, params
 
 STEPS = 12
@@ -39,19 +38,6 @@ ONE_LAYER = [
     "model.decoder_layers=1",
     "model.dropout=0.0",
 ]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    return write_small_corpus(tmp_path_factory.mktemp("corpus"))
-
-
-@pytest.fixture(scope="module")
-def prepared(corpus, tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("prepared")
-    result = run_cli("prepare", *files_overrides(corpus), f"output_dir={run}")
-    assert result.returncode == 0, result.stderr
-    return run
 
 
 def train_eager_and_compiled(

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import REPO, TINY_MODEL, files_overrides, run_cli, write_small_corpus
+from tests.helpers import REPO, TINY_MODEL, files_overrides, run_cli
 from tests.test_trainer import QUICK, fresh_run, losses, params
 from transformer_mt import checkpoint as ckpt
 
@@ -71,19 +71,6 @@ main(["train", *argv])
 """
 
 SINGLE = ["trainer.device=cpu", "model.dropout=0.0"]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    return write_small_corpus(tmp_path_factory.mktemp("corpus"))
-
-
-@pytest.fixture(scope="module")
-def prepared(corpus, tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("prepared")
-    result = run_cli("prepare", *files_overrides(corpus), f"output_dir={run}")
-    assert result.returncode == 0, result.stderr
-    return run
 
 
 @pytest.fixture(scope="module")

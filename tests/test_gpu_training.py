@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from tests.devices import DEVICE, GPU, bf16_supported, device_override
-from tests.helpers import REPO, TINY_MODEL, files_overrides, run_cli, write_small_corpus
+from tests.helpers import REPO, TINY_MODEL, files_overrides, run_cli
 from tests.test_compile import assert_compiled_matches_eager, train_eager_and_compiled
 from tests.test_trainer import QUICK, fresh_run, losses, params
 from transformer_mt.checkpoint import load_checkpoint
@@ -61,19 +61,6 @@ from transformer_mt.cli import main
 main(sys.argv[1:])
 """
 DETERMINISTIC_ENV = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}  # what cuBLAS needs for repeatable results
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    return write_small_corpus(tmp_path_factory.mktemp("corpus"))
-
-
-@pytest.fixture(scope="module")
-def prepared(corpus, tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("prepared")
-    result = run_cli("prepare", *files_overrides(corpus), f"output_dir={run}")
-    assert result.returncode == 0, result.stderr
-    return run
 
 
 def run_args(run: Path, corpus: Path, *extra: str) -> list[str]:

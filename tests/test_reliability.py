@@ -27,7 +27,7 @@ from filelock import FileLock
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import REPO, TINY_MODEL, files_overrides, kill_process_tree, run_cli, write_small_corpus
+from tests.helpers import TINY_MODEL, Background, files_overrides, run_cli, write_small_corpus
 from tests.test_trainer import QUICK, fresh_run, losses, params
 from transformer_mt import checkpoint as ckpt
 from transformer_mt.cli import main as cli_main
@@ -95,56 +95,6 @@ def straight(reference) -> Path:
 
 def train_args(run: Path, corpus: Path, *extra: str) -> list[str]:
     return [*files_overrides(corpus), *RUN, f"trainer.max_steps={STEPS}", f"output_dir={run}", *extra]
-
-
-class Background:
-    """A command running in the background, in a process group of its own (torchrun's workers too);
-    its stderr goes to a file (a full pipe would block it). Whatever a test leaves running is killed."""
-
-    running: list[Background] = []
-
-    def __init__(self, argv: list[str]) -> None:
-        self.stderr_file = tempfile.TemporaryFile("w+")
-        self.process = subprocess.Popen(
-            argv,
-            stdout=subprocess.DEVNULL,
-            stderr=self.stderr_file,
-            text=True,
-            env=ENV,
-            cwd=REPO,
-            start_new_session=True,
-        )
-        Background.running.append(self)
-
-    def stderr(self) -> str:
-        self.stderr_file.seek(0)
-        return self.stderr_file.read()
-
-    def wait_for(self, condition, timeout: float = 300) -> None:
-        """Poll `condition()` until true; fail if the process ends first or the time runs out."""
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if self.process.poll() is not None:
-                pytest.fail(
-                    f"the run ended first (status {self.process.returncode}): {self.stderr()[-3000:]}"
-                )
-            if time.monotonic() > deadline:
-                pytest.fail(f"gave up waiting after {timeout} s")
-            time.sleep(0.02)
-
-    def finish(self, timeout: float = 120) -> int:
-        """The exit status (-N: killed by signal N); fails if the process is still running after `timeout`."""
-        return self.process.wait(timeout=timeout)
-
-    def kill_group(self) -> None:
-        kill_process_tree(self.process)
-
-
-@pytest.fixture(autouse=True)
-def no_process_left_behind():
-    yield
-    while Background.running:
-        Background.running.pop().kill_group()
 
 
 def start(run: Path, corpus: Path, *extra: str, pause: Path | None = None) -> Background:

@@ -7,13 +7,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, TINY_MODEL, files_overrides, kill_process_tree, run_cli, write_small_corpus
+from tests.helpers import REPO, TINY_MODEL, Background, files_overrides, run_cli
 from tests.test_trainer import QUICK
 from transformer_mt.run_folder import LOCK_FILE, RunFolderBusy, own_run_folder
 
@@ -54,63 +53,16 @@ def test_kill_9_of_the_holder_leaves_no_stale_lock(tmp_path):
 # ----------------------------------------------------------------------------- the real commands
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    return write_small_corpus(tmp_path_factory.mktemp("corpus"))
-
-
 def train_args(run: Path, corpus: Path, *extra: str) -> list[str]:
     return [*files_overrides(corpus), *TINY_MODEL, *QUICK, "trainer.device=cpu", f"output_dir={run}", *extra]
 
 
-class Training:
-    """`transformer-mt train` in the background, in a session of its own; stderr to a file."""
-
-    def __init__(self, argv: list[str]) -> None:
-        self.stderr_file = tempfile.TemporaryFile("w+")
-        self.process = subprocess.Popen(
-            argv, stdout=subprocess.DEVNULL, stderr=self.stderr_file, text=True, env=ENV, cwd=REPO,
-            start_new_session=True,
-        )  # fmt: skip
-
-    def stderr(self) -> str:
-        self.stderr_file.seek(0)
-        return self.stderr_file.read()
-
-    def wait_for(self, condition, timeout: float = 300) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if self.process.poll() is not None:
-                pytest.fail(f"training ended first ({self.process.returncode}): {self.stderr()[-3000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"gave up waiting after {timeout} s")
-            time.sleep(0.05)
-
-    def kill(self) -> None:
-        kill_process_tree(self.process)
-
-
-@pytest.fixture
-def background():
-    started: list[Training] = []
-
-    def start(argv: list[str]) -> Training:
-        started.append(Training(argv))
-        return started[-1]
-
-    yield start
-    for training in started:
-        training.kill()
-
-
-def test_a_second_writer_is_refused_while_training_runs_and_readers_keep_working(
-    corpus, tmp_path, background
-):
+def test_a_second_writer_is_refused_while_training_runs_and_readers_keep_working(corpus, tmp_path):
     run = tmp_path / "run"
     endless = train_args(
         run, corpus, "trainer.max_steps=100000", "trainer.save_every=4", "trainer.keep_last=0"
     )
-    training = background([sys.executable, "-m", "transformer_mt", "train", *endless])
+    training = Background([sys.executable, "-m", "transformer_mt", "train", *endless])
     checkpoint = run / "checkpoints/checkpoint_4.pt"
     training.wait_for(checkpoint.exists)
     data = {p.name: p.read_bytes() for p in (run / "data").iterdir()}
@@ -140,7 +92,7 @@ def test_a_second_writer_is_refused_while_training_runs_and_readers_keep_working
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="torchrun with gloo on CPU")
-def test_under_torchrun_rank_0_owns_the_folder_and_a_second_job_fails_fast(corpus, tmp_path, background):
+def test_under_torchrun_rank_0_owns_the_folder_and_a_second_job_fails_fast(corpus, tmp_path):
     """Only rank 0 takes the lock (a job's own ranks would otherwise refuse each other), and a second
     job on the same folder ends with rank 0's error instead of its other ranks waiting forever."""
     run = tmp_path / "run"
@@ -149,7 +101,7 @@ def test_under_torchrun_rank_0_owns_the_folder_and_a_second_job_fails_fast(corpu
     endless = train_args(
         run, corpus, "trainer.max_steps=100000", "trainer.save_every=2", "trainer.keep_last=0"
     )
-    first = background([*torchrun, *endless])
+    first = Background([*torchrun, *endless])
     first.wait_for((run / "checkpoints/checkpoint_2.pt").exists)
     started = time.monotonic()
     second = subprocess.run(

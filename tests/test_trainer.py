@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import TINY_MODEL, files_overrides, run_cli, write_small_corpus
+from tests.helpers import TINY_MODEL, files_overrides, run_cli
 from transformer_mt.checkpoint import load_checkpoint
 from transformer_mt.data.sample import write_sample
 
@@ -21,20 +21,6 @@ QUICK = [
     "trainer.log_every=1",
     "trainer.valid_bleu=false",
 ]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    return write_small_corpus(tmp_path_factory.mktemp("corpus"))
-
-
-@pytest.fixture(scope="module")
-def prepared(corpus, tmp_path_factory) -> Path:
-    """A run folder whose data/ is prepared once; tests copy it to skip the sentencepiece step."""
-    run = tmp_path_factory.mktemp("prepared")
-    result = run_cli("prepare", *files_overrides(corpus), f"output_dir={run}")
-    assert result.returncode == 0, result.stderr
-    return run
 
 
 def fresh_run(prepared: Path, tmp_path: Path, name: str) -> Path:
