@@ -179,6 +179,17 @@ def write_random_checkpoint(
     return Path(path)
 
 
+# The small Transformer of the tests that train on the embedded sample (norm and rate set by each).
+SMALL_TRANSFORMER = [
+    "model=transformer_tiny",
+    "model.d_model=64",
+    "model.ffn_dim=256",
+    "model.heads=4",
+    "model.encoder_layers=2",
+    "model.decoder_layers=2",
+    "model.dropout=0.0",
+]
+
 # A small Transformer trained on the embedded sample (data=sample, its 500 test pairs), for tests that
 # need a model that translates, not random weights. Measured 2026-12-03 (torch 2.13.0, one CPU
 # thread): post-norm, 800 steps, about 35 s of CPU, test BLEU 34.0 with beam 4.
@@ -189,13 +200,7 @@ TRAINED_SAMPLE = [
     "trainer.log_every=100",
     "trainer.valid_bleu_sentences=50",
     "trainer.device=cpu",
-    "model=transformer_tiny",
-    "model.d_model=64",
-    "model.ffn_dim=256",
-    "model.heads=4",
-    "model.encoder_layers=2",
-    "model.decoder_layers=2",
-    "model.dropout=0.0",
+    *SMALL_TRANSFORMER,
 ]
 TRAINED_VARIANTS = {
     "post": ["model.norm=post", "trainer.lr=0.004", "trainer.max_steps=800"],

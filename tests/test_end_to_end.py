@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import sentencepiece as spm
 
-from tests.helpers import TINY_MODEL, files_overrides, run_cli, write_small_corpus
+from tests.helpers import SMALL_TRANSFORMER, TINY_MODEL, files_overrides, run_cli, write_small_corpus
 from transformer_mt.checkpoint import load_checkpoint
 
 SAMPLE_TRAINING = [
@@ -31,13 +31,7 @@ SAMPLE_TRAINING = [
     "trainer.device=cpu",
 ]
 TRANSFORMER = [
-    "model=transformer_tiny",
-    "model.d_model=64",
-    "model.ffn_dim=256",
-    "model.heads=4",
-    "model.encoder_layers=2",
-    "model.decoder_layers=2",
-    "model.dropout=0.0",
+    *SMALL_TRANSFORMER,
     "model.norm=pre",
     "trainer.lr=0.006",
 ]
