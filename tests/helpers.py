@@ -18,7 +18,7 @@ from filelock import FileLock
 from transformer_mt.checkpoint import FORMAT, save_checkpoint
 from transformer_mt.data.sample import generate_pairs
 from transformer_mt.data.vocab import train_vocabulary
-from transformer_mt.models import build_model
+from transformer_mt.models import DecoderState, build_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -141,6 +141,22 @@ class Background:
 
     def kill(self) -> None:
         kill_process_tree(self.process)
+
+
+def decode_step_by_step(model, src, prev, order, reorder_at):
+    """Decode `prev` one position at a time with a DecoderState, reordering the batch by `order`
+    before step `reorder_at` as beam search does. Returns the step logits concatenated along time
+    (rows in `order`), the reordered `prev`, and `state.steps` after each step."""
+    memory, state, steps, counts = model.encode(src), DecoderState(), [], []
+    for t in range(prev.size(1)):
+        if t == reorder_at:
+            memory, prev = memory.reorder(order), prev[order]
+            state.reorder(order)
+            steps = [logits[order] for logits in steps]
+        logits, state = model.decode(prev[:, t : t + 1], memory, state)
+        steps.append(logits)
+        counts.append(state.steps)
+    return torch.cat(steps, 1), prev, counts
 
 
 def write_random_checkpoint(

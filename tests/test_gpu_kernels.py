@@ -29,9 +29,10 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from tests.devices import DEVICE, GPU, ON_GPU, bf16_supported
+from tests.helpers import decode_step_by_step
 from transformer_mt.decoding.search import DecodingConfig, generate
 from transformer_mt.models.attention import dense_attention, local_attention
-from transformer_mt.models.interface import DecoderState, EncoderDecoder, EncoderOutput
+from transformer_mt.models.interface import EncoderDecoder, EncoderOutput
 from transformer_mt.models.transformer import Transformer, TransformerConfig
 
 pytestmark = GPU
@@ -228,16 +229,9 @@ def test_cached_decoding_matches_full_on_device(window):
     src, prev, _ = padded_batch(torch.Generator().manual_seed(2))
     order, reorder_at = torch.tensor([2, 0, 3, 1], device=DEVICE), 9
     with torch.inference_mode():
-        memory, state, steps = model.encode(src), DecoderState(), []
-        for t in range(prev.size(1)):
-            if t == reorder_at:
-                memory, prev = memory.reorder(order), prev[order]
-                state.reorder(order)
-                steps = [logits[order] for logits in steps]
-            logits, state = model.decode(prev[:, t : t + 1], memory, state)
-            steps.append(logits)
+        stepwise, prev, _ = decode_step_by_step(model, src, prev, order, reorder_at)
         full = model(src[order], prev)
-    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(stepwise, full, atol=1e-4, rtol=1e-4)
 
 
 class FullRecompute(EncoderDecoder):

@@ -9,6 +9,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 import transformer_mt
+from tests.helpers import decode_step_by_step
 from transformer_mt.models import DecoderState, build_model, count_parameters
 from transformer_mt.models.transformer import Transformer, TransformerConfig
 
@@ -53,18 +54,11 @@ def test_cached_decoding_matches_full(norm, window, positions):
     prev[:, 0] = BOS
     order, reorder_at = torch.tensor([2, 0, 3, 1]), 3
 
-    memory, state, steps = model.encode(src), DecoderState(), []
-    for t in range(prev.size(1)):
-        if t == reorder_at:
-            memory, prev = memory.reorder(order), prev[order]
-            state.reorder(order)
-            steps = [logits[order] for logits in steps]
-        logits, state = model.decode(prev[:, t : t + 1], memory, state)
-        assert logits.shape == (4, 1, VOCAB) and state.steps == t + 1
-        steps.append(logits)
+    stepwise, prev, counts = decode_step_by_step(model, src, prev, order, reorder_at)
+    assert stepwise.shape == (4, prev.size(1), VOCAB) and counts == list(range(1, prev.size(1) + 1))
 
     full = model(src[order], prev)
-    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(stepwise, full, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("norm", ["post", "pre"])
