@@ -155,6 +155,20 @@ def test_a_rank_that_cannot_read_rank_0s_checkpoint_fails_the_job_naming_it(
     assert ckpt.load_checkpoint(run / "checkpoints/checkpoint_last.pt")["step"] == 8  # nothing trained on
 
 
+def test_a_rank_without_rank_0s_prepared_data_fails_the_job_naming_its_folder(corpus, cluster_cli, tmp_path):
+    """Two nodes without a shared filesystem, before any checkpoint: rank 1's run folder is empty."""
+    node1 = tmp_path / "node1"
+    node1.mkdir()
+    result = torchrun(
+        cluster_cli, tmp_path / "node0", corpus, "trainer.max_steps=2", "trainer.dist_timeout_s=30",
+        env={"RANK1_OUTPUT_DIR": str(node1)},
+    )
+    assert result.returncode != 0
+    assert f"rank 1: {node1 / 'data'}: no prepared data" in result.stderr, result.stderr[-3000:]
+    hint = f"copy rank 0's {node1 / 'data'} to the same path on every node (or run the same `transformer-mt prepare` there)"
+    assert hint in result.stderr, result.stderr[-3000:]
+
+
 def test_a_long_prepare_on_rank_0_does_not_time_out_the_other_ranks(corpus, cluster_cli, tmp_path):
     """Rank 0 prepares for longer than the collective timeout; rank 1 waits for it, and says so."""
     run = tmp_path / "run"

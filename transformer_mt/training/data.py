@@ -24,13 +24,10 @@ from transformer_mt.data.prepare import DataConfig, PreparedData, load_prepared,
 from transformer_mt.models import EncoderDecoder
 from transformer_mt.runtime import Runtime
 from transformer_mt.training.config import TrainerConfig
-from transformer_mt.training.run import TrainingError
+from transformer_mt.training.run import TrainingError, no_shared_filesystem
 from transformer_mt.training.validation import ValidationSet
 
-NO_SHARED_FILESYSTEM = (
-    "on several nodes without a shared filesystem, copy rank 0's {what} to the same path on every node "
-    "(or run the same `transformer-mt prepare` there) before launching"
-)
+PREPARE_THERE = "(or run the same `transformer-mt prepare` there) "
 
 
 def prepare_for_training(runtime: Runtime, cfg: DataConfig, output_dir: Path) -> PreparedData:
@@ -42,7 +39,7 @@ def prepare_for_training(runtime: Runtime, cfg: DataConfig, output_dir: Path) ->
     if _identity(data) != expected:
         raise TrainingError(
             f"rank {runtime.rank}: the prepared data in {root} is not rank 0's (another vocabulary or other "
-            f"splits); " + NO_SHARED_FILESYSTEM.format(what=root)
+            f"splits); " + no_shared_filesystem(root, or_else=PREPARE_THERE)
         )
     return data
 
@@ -52,7 +49,7 @@ def _open_prepared(runtime: Runtime, output_dir: Path) -> PreparedData:
         return load_prepared(output_dir)
     except (OSError, ValueError) as err:
         raise TrainingError(
-            f"rank {runtime.rank}: {err}; " + NO_SHARED_FILESYSTEM.format(what=output_dir / "data")
+            f"rank {runtime.rank}: {err}; " + no_shared_filesystem(output_dir / "data", or_else=PREPARE_THERE)
         ) from None
 
 

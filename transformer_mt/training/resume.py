@@ -31,11 +31,10 @@ import torch
 
 from transformer_mt import checkpoint as ckpt
 from transformer_mt.data.vocab import Vocabulary, vocabulary_difference
-from transformer_mt.training.run import TrainingError, TrainingRun
+from transformer_mt.training.run import TrainingError, TrainingRun, no_shared_filesystem
 
 RESUMABLE = ("model", "model_config", "sentencepiece", "optimizer", "scaler", "sampler", "rng", "step")
 RESUMABLE += ("train_state", "cost")
-NO_SHARED_FILESYSTEM = "on several nodes without a shared filesystem, copy {what} to every node before launching"
 
 
 def start(run: TrainingRun) -> list[str]:
@@ -74,7 +73,7 @@ def load_on_every_rank(run: TrainingRun, path: Path, *, role: str) -> dict[str, 
         found = mine if isinstance(mine, str) else f"it holds step {mine[0]} in {mine[1]:,} bytes there"
         raise TrainingError(
             f"rank {runtime.rank} cannot read {path}, the checkpoint rank 0 {role} (step {step}, {size:,} bytes): "
-            f"{found}; " + NO_SHARED_FILESYSTEM.format(what=f"rank 0's {path.parent}")
+            f"{found}; " + no_shared_filesystem(path.parent)
         )
     return saved
 

@@ -29,6 +29,15 @@ class TrainingError(Exception):
     """Training cannot go on; the message says why and where to resume from."""
 
 
+def no_shared_filesystem(what: object, *, or_else: str = "") -> str:
+    """The end of the message for a rank that cannot see what rank 0 wrote: on several nodes, the
+    usual cause is a run folder that is not on a shared filesystem."""
+    return (
+        f"on several nodes without a shared filesystem, copy rank 0's {what} to the same path on every node "
+        f"{or_else}before launching"
+    )
+
+
 @dataclass
 class TrainState:
     """What the loop carries between updates (and into checkpoints) besides the modules."""
