@@ -19,11 +19,13 @@ RUN useradd --create-home --uid 1000 --shell /bin/bash mt
 # The dependencies first, in a layer of their own that a change to the source does not rebuild: they
 # are installed from the package's metadata with a stand-in package (only the __version__ that the
 # metadata reads), which is then removed. The moses extra (sacremoses) lets every preset run
-# (data=wmt14_en_de_sample detokenizes Moses-tokenized text).
+# (data=wmt14_en_de_sample detokenizes Moses-tokenized text); the serve extra (Starlette, uvicorn,
+# pydantic) lets the container serve a checkpoint over HTTP. The export extra (CTranslate2,
+# transformers, about 290 MB) is left out: install it in a derived image where you need it.
 WORKDIR /opt/transformer-mt
 COPY pyproject.toml README.md LICENSE ./
 RUN mkdir transformer_mt && echo '__version__ = "0"' >transformer_mt/__init__.py \
-    && pip install --no-cache-dir ".[moses]" \
+    && pip install --no-cache-dir ".[moses,serve]" \
     && pip uninstall -y transformer-mt \
     && rm -rf transformer_mt build ./*.egg-info
 
