@@ -83,6 +83,36 @@ def test_our_step_and_the_torch_reference_give_positive_throughput_and_sane_json
     assert "transformer-mt" in train.table(payload)
 
 
+def test_model_overrides_are_measured_beside_their_preset_in_one_run():
+    cfg = tiny_train_config("model_overrides.attention_window=1", "peers=[torch]", "precisions=[fp32]")
+    plain, windowed, reference = train.run(cfg)["rows"]
+    assert (plain["model"], windowed["model"]) == ("transformer_tiny", "transformer_tiny attention_window=1")
+    assert reference["model"] == "transformer_tiny"  # the peer builds the preset as it is
+    assert windowed["vs_preset"] == pytest.approx(windowed["tokens_per_second"] / plain["tokens_per_second"])
+    assert "vs_preset" not in plain and "vs_peer" not in windowed and "vs_peer" in plain
+    # The override reaches the model: a window of 1 leaves 3 of the 6 source keys and 2 of the 5 target keys.
+    windowed_model = build_model({**train.load_preset("transformer_tiny"), "attention_window": 1}, 50, 0)
+    assert windowed["flops_per_step"] == 3 * windowed_model.forward_flops(2, 6, 5) < plain["flops_per_step"]
+
+    lstm = common.parse_options(
+        train.TrainBenchConfig,
+        [*TINY, "models=[lstm_tiny]", "model_overrides.input_feeding=false", "precisions=[fp32]"],
+        "bench train",
+    )
+    rows = train.run(lstm)["rows"]
+    assert [row["model"] for row in rows] == ["lstm_tiny", "lstm_tiny input_feeding=False"]
+    assert rows[1]["flops_per_step"] < rows[0]["flops_per_step"]  # no h~ fed back into the first LSTM layer
+
+
+def test_a_model_override_the_preset_lacks_or_refuses_is_named():
+    with pytest.raises(ValueError, match="model.attention_windw is not an option of the transformer model"):
+        tiny_train_config("model_overrides.attention_windw=4")
+    with pytest.raises(ValueError, match="attention_window=0 must be >= 1"):
+        tiny_train_config("model_overrides.attention_window=0")
+    with pytest.raises(ValueError, match="unknown option 'steps.x'"):
+        tiny_train_config("steps.x=1")
+
+
 def test_flops_per_step_are_three_forward_passes():
     cfg = tiny_train_config("peers=[]", "precisions=[fp32]")
     (row,) = train.run(cfg)["rows"]

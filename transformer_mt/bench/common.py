@@ -33,7 +33,7 @@ T = TypeVar("T")
 def parse_options(schema: type[T], overrides: Sequence[str], command: str) -> T:
     """The `schema` dataclass with `key=value` overrides applied; a ValueError names any bad one.
 
-    A list option takes `key=[a,b]` or, for one element, `key=a`.
+    A list option takes `key=[a,b]` or, for one element, `key=a`; a dict option takes `key.name=value`.
     """
     fields = {f.name: f for f in dataclasses.fields(schema)}
     dotlist = []
@@ -41,11 +41,12 @@ def parse_options(schema: type[T], overrides: Sequence[str], command: str) -> T:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"{command}: expected key=value, got {item!r}; options: {', '.join(fields)}")
-        if key not in fields:
-            close = difflib.get_close_matches(key, fields, n=1)
+        option, dot, _ = key.partition(".")  # `option.key=value` sets one key of a Dict option
+        if option not in fields or (dot and "Dict" not in str(fields[option].type)):
+            close = difflib.get_close_matches(option, fields, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(f"{command}: unknown option {key!r}{hint}; options: {', '.join(fields)}")
-        if "List" in str(fields[key].type) and not value.lstrip().startswith("["):
+        if "List" in str(fields[option].type) and not dot and not value.lstrip().startswith("["):
             value = f"[{value}]"
         dotlist.append(f"{key}={value}")
     try:

@@ -13,7 +13,11 @@ precision it measures, in the same run and on the same batch shape:
   dict, with its own loss and Adam, in a virtual environment of its own (see `peers.py`);
 - fairseq 0.12.2: reported as not runnable on Python 3.11+, with the reason.
 
-Peers exist for the Transformer presets only. Throughput is target tokens per second (the median
+Peers exist for the Transformer presets only. `model_overrides.KEY=VALUE` (e.g.
+`model_overrides.attention_window=4`) changes fields of every preset for our step: each preset is then
+measured as it is and with the overrides, in the same run, and the overridden row's `vs preset` is its
+tokens/s over the preset's own (peers build the presets as they are, so they are measured against
+the plain rows only). Throughput is target tokens per second (the median
 step). FLOPs per step are 3 x the model's analytic `forward_flops` (backward costs about twice the
 forward), the same count for every system of one size; model FLOPs utilisation (MFU) divides that
 rate by the peak of a large matrix product measured in the same run, in the same precision.
@@ -27,7 +31,7 @@ from __future__ import annotations
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 from omegaconf import OmegaConf
@@ -36,7 +40,7 @@ from transformer_mt.bench import common
 from transformer_mt.bench.peer_scripts import harness, torch_train
 from transformer_mt.bench.peers import PeerError, run_peer
 from transformer_mt.data.batching import Batch
-from transformer_mt.models import build_model, count_parameters
+from transformer_mt.models import build_model, count_parameters, model_config
 from transformer_mt.models.transformer import TransformerConfig
 from transformer_mt.runtime import PRECISIONS, Runtime, resolve_device
 from transformer_mt.training.config import TrainerConfig
@@ -61,6 +65,7 @@ class TrainBenchConfig:
     """Options of `bench train` (key=value on the command line)."""
 
     models: List[str] = field(default_factory=lambda: ["transformer_base"])  # presets in configs/model/
+    model_overrides: Dict[str, Any] = field(default_factory=dict)  # model fields changed; measured beside the preset
     precisions: List[str] = field(default_factory=lambda: ["fp32", "bf16"])
     peers: List[str] = field(default_factory=lambda: list(SYSTEMS))  # any of torch, joeynmt, eole, fairseq
     batch_size: int = 128  # sentences per batch
@@ -97,6 +102,11 @@ class TrainBenchConfig:
             if not (MODEL_CONFIGS / f"{name}.yaml").exists():
                 known = sorted(p.stem for p in MODEL_CONFIGS.glob("*.yaml"))
                 problems.append(f"no model preset {name!r}; presets: {', '.join(known)}")
+            elif self.model_overrides:
+                try:
+                    model_config({**load_preset(name), **self.model_overrides})
+                except (TypeError, ValueError) as err:
+                    problems.append(f"model_overrides on {name}: {err}")
         if problems:
             raise ValueError("bench train: " + "; ".join(problems))
 
@@ -208,19 +218,24 @@ def run(cfg: TrainBenchConfig) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     for preset in cfg.models:
         model_cfg = load_preset(preset)
-        flops = 3 * step_flops(cfg, model_cfg)
+        variants = [(preset, model_cfg)]
+        if cfg.model_overrides:
+            variants.append((variant_name(preset, cfg.model_overrides), {**model_cfg, **cfg.model_overrides}))
         for precision in cfg.precisions:
             args = step_args(cfg, model_cfg, precision, device)
-            for compiled in (False, True) if cfg.compile else (False,):
-                _log(f"{preset} {precision}: transformer-mt" + (" (compiled)" if compiled else ""))
-                try:
-                    ours = measure_ours(cfg, model_cfg, precision, device, compiled=compiled)
-                except RuntimeError as err:  # e.g. a kernel this device lacks in this precision
-                    reason = f"{type(err).__name__}: {str(err).splitlines()[0]}"
-                    failed = _row(cfg, preset, "ours", precision, None, flops, peaks, compiled)
-                    rows.append({**failed, "reason": reason})
-                    continue
-                rows.append(_row(cfg, preset, "ours", precision, ours, flops, peaks, compiled))
+            for name, variant_cfg in variants:
+                flops = 3 * step_flops(cfg, variant_cfg)
+                for compiled in (False, True) if cfg.compile else (False,):
+                    _log(f"{name} {precision}: transformer-mt" + (" (compiled)" if compiled else ""))
+                    try:
+                        ours = measure_ours(cfg, variant_cfg, precision, device, compiled=compiled)
+                    except RuntimeError as err:  # e.g. a kernel this device lacks in this precision
+                        reason = f"{type(err).__name__}: {str(err).splitlines()[0]}"
+                        failed = _row(cfg, name, "ours", precision, None, flops, peaks, compiled)
+                        rows.append({**failed, "reason": reason})
+                        continue
+                    rows.append(_row(cfg, name, "ours", precision, ours, flops, peaks, compiled))
+            flops = 3 * step_flops(cfg, model_cfg)
             for system in cfg.peers if model_cfg["arch"] == "transformer" else []:
                 _log(f"{preset} {precision}: {NAMES[system]}")
                 try:
@@ -231,6 +246,7 @@ def run(cfg: TrainBenchConfig) -> dict[str, Any]:
                     continue
                 rows.append(_row(cfg, preset, system, precision, result, flops, peaks))
     add_targets(rows, device)
+    add_vs_preset(rows, cfg)
     return {
         "benchmark": "train",
         "environment": environment,
@@ -238,6 +254,27 @@ def run(cfg: TrainBenchConfig) -> dict[str, Any]:
         "peak_flops": peaks,
         "rows": rows,
     }
+
+
+def variant_name(preset: str, overrides: dict[str, Any]) -> str:
+    """The row label of a preset with model overrides: `transformer_small attention_window=4`."""
+    return " ".join([preset, *(f"{key}={value}" for key, value in overrides.items())])
+
+
+def add_vs_preset(rows: list[dict[str, Any]], cfg: TrainBenchConfig) -> None:
+    """Fill `vs_preset` of each overridden row of ours: its tokens/s over its preset's, same precision."""
+    if not cfg.model_overrides:
+        return
+    ours = {
+        (r["model"], r["precision"], r["compiled"]): r
+        for r in rows
+        if r["system"] == NAMES["ours"] and r["status"] == "ok"
+    }
+    for preset in cfg.models:
+        for (name, precision, compiled), row in ours.items():
+            plain = ours.get((preset, precision, compiled))
+            if name == variant_name(preset, cfg.model_overrides) and plain is not None:
+                row["vs_preset"] = row["tokens_per_second"] / plain["tokens_per_second"]
 
 
 def _row(cfg, preset, system, precision, result, flops, peaks, compiled=False) -> dict[str, Any]:
@@ -296,6 +333,7 @@ COLUMNS = [
     ("tflops_per_second", "TFLOP/s"),
     ("mfu", "MFU"),
     ("vs_peer", "vs best peer fp32"),
+    ("vs_preset", "vs preset"),
     ("target", "target"),
     ("verdict", "met"),
 ]
@@ -313,8 +351,9 @@ def table(payload: dict[str, Any]) -> str:
             shown["system"] += " (compiled)"
         if "mfu" in row:
             shown["mfu"] = f"{row['mfu']:.1%}"
-        if "vs_peer" in row:
-            shown["vs_peer"] = f"{row['vs_peer']:.2f}x"
+        for key in ("vs_peer", "vs_preset"):
+            if key in row:
+                shown[key] = f"{row[key]:.2f}x"
         rows.append(shown)
     lines = [common.format_table(rows, COLUMNS)]
     peaks = ", ".join(f"{p} {v / 1e12:.3g} TFLOP/s" for p, v in payload["peak_flops"].items())
