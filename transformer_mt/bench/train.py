@@ -218,24 +218,30 @@ def run(cfg: TrainBenchConfig) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     for preset in cfg.models:
         model_cfg = load_preset(preset)
-        variants = [(preset, model_cfg)]
+        variants = [(preset, model_cfg)]  # the preset as it is first: the overridden row's reference
         if cfg.model_overrides:
             variants.append((variant_name(preset, cfg.model_overrides), {**model_cfg, **cfg.model_overrides}))
+        variant_flops = [3 * step_flops(cfg, variant_cfg) for _, variant_cfg in variants]
+        flops = variant_flops[0]
         for precision in cfg.precisions:
             args = step_args(cfg, model_cfg, precision, device)
-            for name, variant_cfg in variants:
-                flops = 3 * step_flops(cfg, variant_cfg)
+            plain: dict[bool, dict[str, Any]] = {}  # the preset's own row of ours, by `compiled`
+            for (name, variant_cfg), ours_flops in zip(variants, variant_flops, strict=True):
                 for compiled in (False, True) if cfg.compile else (False,):
                     _log(f"{name} {precision}: transformer-mt" + (" (compiled)" if compiled else ""))
                     try:
                         ours = measure_ours(cfg, variant_cfg, precision, device, compiled=compiled)
                     except RuntimeError as err:  # e.g. a kernel this device lacks in this precision
                         reason = f"{type(err).__name__}: {str(err).splitlines()[0]}"
-                        failed = _row(cfg, name, "ours", precision, None, flops, peaks, compiled)
+                        failed = _row(cfg, name, "ours", precision, None, ours_flops, peaks, compiled)
                         rows.append({**failed, "reason": reason})
                         continue
-                    rows.append(_row(cfg, name, "ours", precision, ours, flops, peaks, compiled))
-            flops = 3 * step_flops(cfg, model_cfg)
+                    row = _row(cfg, name, "ours", precision, ours, ours_flops, peaks, compiled)
+                    if name == preset:
+                        plain[compiled] = row
+                    elif compiled in plain:
+                        row["vs_preset"] = row["tokens_per_second"] / plain[compiled]["tokens_per_second"]
+                    rows.append(row)
             for system in cfg.peers if model_cfg["arch"] == "transformer" else []:
                 _log(f"{preset} {precision}: {NAMES[system]}")
                 try:
@@ -246,7 +252,6 @@ def run(cfg: TrainBenchConfig) -> dict[str, Any]:
                     continue
                 rows.append(_row(cfg, preset, system, precision, result, flops, peaks))
     add_targets(rows, device)
-    add_vs_preset(rows, cfg)
     return {
         "benchmark": "train",
         "environment": environment,
@@ -259,22 +264,6 @@ def run(cfg: TrainBenchConfig) -> dict[str, Any]:
 def variant_name(preset: str, overrides: dict[str, Any]) -> str:
     """The row label of a preset with model overrides: `transformer_small attention_window=4`."""
     return " ".join([preset, *(f"{key}={value}" for key, value in overrides.items())])
-
-
-def add_vs_preset(rows: list[dict[str, Any]], cfg: TrainBenchConfig) -> None:
-    """Fill `vs_preset` of each overridden row of ours: its tokens/s over its preset's, same precision."""
-    if not cfg.model_overrides:
-        return
-    ours = {
-        (r["model"], r["precision"], r["compiled"]): r
-        for r in rows
-        if r["system"] == NAMES["ours"] and r["status"] == "ok"
-    }
-    for preset in cfg.models:
-        for (name, precision, compiled), row in ours.items():
-            plain = ours.get((preset, precision, compiled))
-            if name == variant_name(preset, cfg.model_overrides) and plain is not None:
-                row["vs_preset"] = row["tokens_per_second"] / plain["tokens_per_second"]
 
 
 def _row(cfg, preset, system, precision, result, flops, peaks, compiled=False) -> dict[str, Any]:
