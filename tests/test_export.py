@@ -153,7 +153,36 @@ def test_ctranslate2_beam_bleu_within_0_2_of_ours(ct2_model):
     assert abs(theirs - mine) <= 0.2, (theirs, mine)
 
 
-def test_ctranslate2_int8_export_bleu_within_0_5_of_its_fp32(post_run, tmp_path):
+def ct2_reference_nll(folder: Path, vocab: Vocabulary, sources, references, **options) -> float:
+    """CTranslate2's mean negative log-probability per reference token (and EOS), teacher-forced: a
+    measure of what quantization changes that, unlike BLEU after a beam search, does not jump."""
+    translator = ctranslate2.Translator(str(folder), device="cpu", intra_threads=1, **options)
+    scored = translator.score_batch(
+        [vocab.pieces(s) for s in sources], [vocab.pieces(r) for r in references], max_batch_size=64
+    )
+    log_probs = [p for result in scored for p in result.log_probs]
+    return -sum(log_probs) / len(log_probs)
+
+
+# Scores an int8 export as a CPU without VNNI does: oneDNN (CTranslate2's int8 products on an x86
+# CPU) limited to AVX2, whose kernel adds pairs of products in int16 (see quantize_int8_weights).
+AVX2_SCORE = """
+import sys
+from pathlib import Path
+from tests.test_export import ct2_reference_nll, sample_test_set
+from transformer_mt.checkpoint import load_for_inference
+run, out = Path(sys.argv[1]), Path(sys.argv[2])
+vocab = load_for_inference(run / "checkpoints" / "checkpoint_last.pt").vocab
+print(ct2_reference_nll(out, vocab, *sample_test_set(run), compute_type="int8"))
+"""
+
+
+def test_ctranslate2_int8_export_scores_as_its_fp32_with_and_without_vnni(post_run, tmp_path):
+    """Measured 2026-12-04 (AMD EPYC with AVX-512 VNNI, CTranslate2 4.8.5) on seven sample models:
+    int8 raises the reference NLL by 0.09-0.27% (CTranslate2's own 8-bit weights: 0.00-0.08%, but
+    7-10% once oneDNN is limited to AVX2, 1.6-3.1 BLEU; the AVX2-only CI machine lost 2.6), and its
+    beam-4 BLEU moves by -1.08 to +0.12 from fp32's: beam search on a 500-sentence test set is noisy,
+    so the BLEU bound is loose and the NLL bounds carry the test."""
     checkpoint = checkpoint_of(post_run)
     out = export_checkpoint(checkpoint, "ctranslate2", tmp_path / "int8", quantization="int8")
     fp32 = export_checkpoint(checkpoint, "ctranslate2", tmp_path / "fp32")
@@ -162,10 +191,20 @@ def test_ctranslate2_int8_export_bleu_within_0_5_of_its_fp32(post_run, tmp_path)
     assert (out / "sentencepiece.model").read_bytes() == vocab.to_bytes()
     assert (out / "model.bin").stat().st_size < 0.5 * (fp32 / "model.bin").stat().st_size  # int8 weights
     sources, references = sample_test_set(post_run)
-    int8 = ct2_beam_bleu(out, vocab, sources, references, alpha=0.6, compute_type="int8")
+    full_nll = ct2_reference_nll(fp32, vocab, sources, references)
+    int8_nll = ct2_reference_nll(out, vocab, sources, references, compute_type="int8")
+    assert abs(int8_nll / full_nll - 1) < 0.01, (int8_nll, full_nll)
+    avx2 = subprocess.run(
+        [sys.executable, "-c", AVX2_SCORE, str(post_run), str(out)],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+        env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "1"},
+    )
+    assert avx2.returncode == 0, avx2.stderr[-3000:]
+    assert float(avx2.stdout.split()[-1]) / full_nll - 1 < 0.01, (avx2.stdout, full_nll)  # no int16 overflow
     full = ct2_beam_bleu(fp32, vocab, sources, references, alpha=0.6)
+    int8 = ct2_beam_bleu(out, vocab, sources, references, alpha=0.6, compute_type="int8")
     assert full > 15, f"the trained model scores only {full:.1f} BLEU"
-    assert abs(int8 - full) <= 0.5, (int8, full)  # int8 weights: close, not equal
+    assert abs(int8 - full) <= 1.5, (int8, full)
 
 
 # ---------------------------------------------------------------------------------- Hugging Face
