@@ -1,8 +1,14 @@
 """int8 decoding (transformer_mt/decoding/quantize.py): `translate`/`evaluate quantize=int8`.
 
-The quality test decodes the embedded sample's 500 test sentences with a small trained Transformer
-(tests/helpers.py), in fp32 and in int8, through the real `evaluate` command. Measured 2026-12-03
-(torch 2.13.0, CPU): 34.04 BLEU in fp32, 33.83 in int8.
+The quality tests use a small Transformer trained on the embedded sample (tests/helpers.py) and its
+500 test sentences. Measured 2026-12-04 (torch 2.13.0, AMD EPYC with AVX-512) on twelve such models
+(six seeds, each trained with torch's AVX-512 and its AVX2 kernels, ATEN_CPU_CAPABILITY=avx2):
+int8 raises the reference tokens' mean NLL by 0.24-0.74% and keeps the fp32 argmax at 98.0-98.3% of
+positions, while the beam-4 BLEU of `evaluate` moves by -0.99 to +0.72 (standard deviation about 0.5):
+which model the training happens to produce decides the BLEU gap, not the CPU decoding it (the
+model of seed 1 trained with AVX2 kernels, as an AVX2-only machine trains it, loses 0.99 decoded
+with either kernel set, and its sibling trained with AVX-512 kernels loses 0.22). So the NLL bounds
+carry the test, and the BLEU bound is three standard deviations.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from torch import nn
 from tests.helpers import run_cli, trained_sample_run
 from transformer_mt.decoding.quantize import check_quantize, quantize_int8
 from transformer_mt.decoding.search import DecodingConfig, generate
+from transformer_mt.decoding.translator import Translator, collate_sources
 from transformer_mt.models.lstm import LSTMConfig, LSTMSeq2Seq
 from transformer_mt.models.transformer import Transformer, TransformerConfig
 
@@ -28,7 +35,7 @@ def checkpoint(tmp_path_factory):
     return trained_sample_run(tmp_path_factory, "post") / "checkpoints" / "checkpoint_last.pt"
 
 
-def test_int8_bleu_within_0_5_of_fp32_on_the_sample(checkpoint, tmp_path):
+def test_int8_bleu_within_1_5_of_fp32_on_the_sample(checkpoint, tmp_path):
     scores = {}
     for quantize in ("null", "int8"):
         report = tmp_path / f"{quantize}.json"
@@ -40,7 +47,32 @@ def test_int8_bleu_within_0_5_of_fp32_on_the_sample(checkpoint, tmp_path):
         assert saved["quantize"] == (None if quantize == "null" else "int8") and saved["lines"] == 500
         scores[quantize] = saved["scores"]["bleu"]
     assert scores["null"] > 15, scores  # a model that translates
-    assert abs(scores["int8"] - scores["null"]) <= 0.5, scores
+    assert abs(scores["int8"] - scores["null"]) <= 1.5, scores
+
+
+def test_int8_keeps_the_reference_nll_within_1_5_percent_and_the_argmax(checkpoint):
+    translator = Translator.from_checkpoint(checkpoint, device="cpu")
+    vocab, model = translator.vocab, translator.models[0]
+    quantized = quantize_int8(model)
+    data = checkpoint.parent.parent / "data"
+    sources = [vocab.encode(line) for line in (data / "test.en.txt").read_text().splitlines()]
+    references = [vocab.encode(line) for line in (data / "test.de.txt").read_text().splitlines()]
+    nll, agree, tokens = {"fp32": 0.0, "int8": 0.0}, 0, 0
+    with torch.inference_mode():
+        for start in range(0, len(sources), 50):
+            src = collate_sources(sources[start : start + 50], pad_id=vocab.pad_id, eos_id=vocab.eos_id)
+            tgt = collate_sources(references[start : start + 50], pad_id=vocab.pad_id, eos_id=vocab.eos_id)
+            prev = torch.cat([torch.full((len(tgt), 1), vocab.bos_id), tgt[:, :-1]], dim=1)
+            real = tgt != vocab.pad_id
+            log_probs = {}
+            for name, m in (("fp32", model), ("int8", quantized)):
+                log_probs[name] = torch.log_softmax(m(src, prev).float(), dim=-1)
+                nll[name] -= log_probs[name].gather(-1, tgt[..., None])[..., 0][real].sum().item()
+            agree += (log_probs["fp32"].argmax(-1) == log_probs["int8"].argmax(-1))[real].sum().item()
+            tokens += real.sum().item()
+    assert len(sources) == 500 and nll["fp32"] / tokens < 1.5, nll  # a model that translates
+    assert abs(nll["int8"] / nll["fp32"] - 1) < 0.015, nll
+    assert agree / tokens > 0.97, agree / tokens
 
 
 def tiny_transformer() -> Transformer:
