@@ -134,25 +134,18 @@ def quantize_int8_weights(spec) -> None:
     same with and without VNNI. The seventh bit halves the weights' resolution, not their range.
     """
     from ctranslate2.specs import common_spec
+    from ctranslate2.specs.model_spec import visit_spec
 
-    def quantize(layer, name: str, levels: float) -> None:
-        weight = getattr(layer, name)
-        amax = np.abs(weight).max(axis=1)
+    def quantize(layer, name: str, value) -> None:  # called for every variable of every layer
+        levels = {common_spec.LinearSpec: 63.0, common_spec.EmbeddingsSpec: 127.0}.get(type(layer))
+        if levels is None or not name.endswith("weight"):
+            return
+        amax = np.abs(value).max(axis=1)
         scale = levels / np.where(amax > 0, amax, 1.0)
-        setattr(layer, name, np.rint(weight * scale[:, None]).astype(np.int8))
-        setattr(layer, f"{name}_scale", scale.astype(np.float32))
+        layer.weight = np.rint(value * scale[:, None]).astype(np.int8)
+        layer.weight_scale = scale.astype(np.float32)
 
-    def visit(layer) -> None:
-        for value in list(vars(layer).values()):
-            for child in value if isinstance(value, list) else [value]:
-                if isinstance(child, common_spec.LinearSpec):
-                    quantize(child, "weight", 63.0)
-                elif isinstance(child, common_spec.EmbeddingsSpec):
-                    quantize(child, "weight", 127.0)
-                elif hasattr(child, "__dict__") and type(child).__module__.startswith("ctranslate2.specs"):
-                    visit(child)
-
-    visit(spec)
+    visit_spec(spec, quantize)
 
 
 def _array(tensor: Tensor):
