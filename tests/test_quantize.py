@@ -16,16 +16,19 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from tests.helpers import run_cli, trained_sample_run
+from transformer_mt.data.batching import collate
 from transformer_mt.decoding.quantize import check_quantize, quantize_int8
 from transformer_mt.decoding.search import DecodingConfig, generate
-from transformer_mt.decoding.translator import Translator, collate_sources
+from transformer_mt.decoding.translator import Translator
 from transformer_mt.models.lstm import LSTMConfig, LSTMSeq2Seq
 from transformer_mt.models.transformer import Transformer, TransformerConfig
+from transformer_mt.training.loss import label_smoothed_cross_entropy
 
 PAD, BOS, EOS = 0, 2, 3
 
@@ -57,19 +60,21 @@ def test_int8_keeps_the_reference_nll_within_1_5_percent_and_the_argmax(checkpoi
     data = checkpoint.parent.parent / "data"
     sources = [vocab.encode(line) for line in (data / "test.en.txt").read_text().splitlines()]
     references = [vocab.encode(line) for line in (data / "test.de.txt").read_text().splitlines()]
+    pairs = [(np.array(src), np.array(ref)) for src, ref in zip(sources, references, strict=True)]
     nll, agree, tokens = {"fp32": 0.0, "int8": 0.0}, 0, 0
     with torch.inference_mode():
-        for start in range(0, len(sources), 50):
-            src = collate_sources(sources[start : start + 50], pad_id=vocab.pad_id, eos_id=vocab.eos_id)
-            tgt = collate_sources(references[start : start + 50], pad_id=vocab.pad_id, eos_id=vocab.eos_id)
-            prev = torch.cat([torch.full((len(tgt), 1), vocab.bos_id), tgt[:, :-1]], dim=1)
-            real = tgt != vocab.pad_id
-            log_probs = {}
+        for start in range(0, len(pairs), 50):
+            batch = collate(pairs[start : start + 50], range(start, start + 50))
+            real = batch.target != vocab.pad_id
+            logits = {}
             for name, m in (("fp32", model), ("int8", quantized)):
-                log_probs[name] = torch.log_softmax(m(src, prev).float(), dim=-1)
-                nll[name] -= log_probs[name].gather(-1, tgt[..., None])[..., 0][real].sum().item()
-            agree += (log_probs["fp32"].argmax(-1) == log_probs["int8"].argmax(-1))[real].sum().item()
-            tokens += real.sum().item()
+                logits[name] = m(batch.src_tokens, batch.prev_tokens)
+                _, nll_sum = label_smoothed_cross_entropy(
+                    logits[name], batch.target, epsilon=0.0, ignore_index=vocab.pad_id
+                )
+                nll[name] += nll_sum.item()
+            agree += (logits["fp32"].argmax(-1) == logits["int8"].argmax(-1))[real].sum().item()
+            tokens += batch.ntokens
     assert len(sources) == 500 and nll["fp32"] / tokens < 1.5, nll  # a model that translates
     assert abs(nll["int8"] / nll["fp32"] - 1) < 0.015, nll
     assert agree / tokens > 0.97, agree / tokens
