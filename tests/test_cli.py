@@ -191,8 +191,8 @@ def test_wmt14_recipes_carry_the_papers_settings(experiment, vocab, millions, st
 @pytest.mark.parametrize("baseline", ["multi30k_en_de_lstm", "multi30k_en_de_convs2s"])
 def test_multi30k_baselines_train_on_the_transformer_recipes_terms(baseline):
     """Equal terms (the paper's comparison): the same data, vocabulary, batches, time cap and schedule
-    shape, beam; only the model, its peak rate, clipping, the steps (about equal time) and the length
-    penalty (chosen on valid for each family's model) differ."""
+    shape, beam; only the model, its peak rate, clipping, the steps (those that fit the hour) and the
+    length penalty (chosen on valid for each family's model) differ."""
     transformer = to_objects(compose_config("train", ["experiment=multi30k_en_de"]))
     other = to_objects(compose_config("train", [f"experiment={baseline}"]))
     assert other.data == transformer.data
