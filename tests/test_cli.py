@@ -190,16 +190,34 @@ def test_wmt14_recipes_carry_the_papers_settings(experiment, vocab, millions, st
 
 @pytest.mark.parametrize("baseline", ["multi30k_en_de_lstm", "multi30k_en_de_convs2s"])
 def test_multi30k_baselines_train_on_the_transformer_recipes_terms(baseline):
-    """Equal terms (the paper's comparison): the same data, vocabulary, batches, time cap and schedule
-    shape, beam; only the model, its peak rate, clipping, the steps (those that fit the hour) and the
-    length penalty (chosen on valid for each family's model) differ."""
+    """The same terms where they are not tuned per family (issue 18): the same data, vocabulary, time
+    cap, schedule shape, label smoothing, seed and beam; the model, its peak rate, warm-up, batches,
+    clipping, the steps (those that fit the hour) and the length penalty (each chosen for its family)
+    may differ."""
     transformer = to_objects(compose_config("train", ["experiment=multi30k_en_de"]))
     other = to_objects(compose_config("train", [f"experiment={baseline}"]))
     assert other.data == transformer.data
     assert replace(other.decoding, lenpen=0) == replace(transformer.decoding, lenpen=0)
-    for key in ("max_tokens", "update_freq", "max_minutes", "schedule", "warmup_steps", "label_smoothing", "seed"):
+    for key in ("update_freq", "max_minutes", "schedule", "label_smoothing", "seed", "precision"):
         assert getattr(other.trainer, key) == getattr(transformer.trainer, key), key
     assert other.model.arch != "transformer" and other.output_dir != transformer.output_dir
+
+
+@pytest.mark.parametrize(
+    "experiment, arch, max_tokens, max_steps, lr, warmup, lenpen",
+    [
+        ("multi30k_en_de", "transformer", 4096, 5600, 0.004, 1000, 1.6),
+        ("multi30k_en_de_convs2s", "convs2s", 2048, 7000, 0.001, 400, 2.0),
+        ("multi30k_en_de_lstm", "lstm", 2048, 2500, 0.001, 400, 1.6),
+    ],
+)
+def test_multi30k_presets_carry_the_settings_docs_results_reports(experiment, arch, max_tokens, max_steps, lr, warmup, lenpen):
+    """docs/results.md gives each preset's score with these settings: a change of the preset must come
+    with a new measurement (and a change here)."""
+    run = to_objects(compose_config("train", [f"experiment={experiment}"]))
+    trainer = run.trainer
+    assert run.model.arch == arch and run.data.vocab_size == 6000 and run.decoding.lenpen == lenpen
+    assert (trainer.max_tokens, trainer.max_steps, trainer.lr, trainer.warmup_steps) == (max_tokens, max_steps, lr, warmup)
 
 
 @pytest.mark.parametrize("model", shipped("model"))
