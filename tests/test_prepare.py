@@ -114,6 +114,57 @@ def test_training_pairs_round_trip_through_the_vocabulary(corpus, tmp_path):
     assert batch.src_tokens.shape[0] == 3 and batch.ntokens == int(train.tgt_sizes[:3].sum()) + 3
 
 
+def test_bpe_dropout_encodes_train_as_sampled_copies_of_the_same_text(corpus, tmp_path):
+    plain = prepare_data(corpus, tmp_path / "plain", log=lambda _: None)
+    corpus.bpe_dropout, corpus.bpe_dropout_copies = 0.2, 3
+    logs: list[str] = []
+    data = prepare_data(corpus, tmp_path / "run", log=logs.append)
+    assert "train is 3 copies of its 298 pairs, each segmented with BPE-dropout 0.2" in "\n".join(logs)
+    train, deterministic = data.dataset("train"), plain.dataset("train")
+    assert len(train) == 3 * 298
+    english = Path(f"{corpus.train}.en").read_text(encoding="utf-8").splitlines()
+    resegmented = 0
+    for copy in range(3):
+        for i in range(298):
+            src, tgt = train[copy * 298 + i]
+            plain_src, plain_tgt = deterministic[i]
+            assert data.vocab.decode(src.tolist()) == plain.vocab.decode(plain_src.tolist())
+            assert data.vocab.decode(tgt.tolist()) == plain.vocab.decode(plain_tgt.tolist())
+            resegmented += src.tolist() != plain_src.tolist()
+            assert len(src) >= len(plain_src)  # dropped merges only ever split pieces further
+    assert data.vocab.decode(train[0][0].tolist()) == english[0]
+    assert resegmented > 298  # most sentences are cut another way in some copy
+    assert train[0][0].tolist() != train[298][0].tolist() or train[1][0].tolist() != train[299][0].tolist()
+    # Valid and test are what decoding sees: the one deterministic segmentation.
+    for split in ("valid", "test"):
+        assert [x.tolist() for x in data.dataset(split)[0]] == [x.tolist() for x in plain.dataset(split)[0]]
+    assert data.manifest["key"]["config"]["bpe_dropout"] == 0.2
+    assert "bpe_dropout" not in plain.manifest["key"]["config"]  # off: data prepared before the option matches
+
+
+def test_bpe_dropout_is_repeatable_and_follows_the_seed(corpus, tmp_path):
+    corpus.bpe_dropout, corpus.bpe_dropout_copies = 0.3, 2
+    runs = [prepare_data(corpus, tmp_path / "a", log=lambda _: None)]
+    corpus.workers = 2  # sampling runs on one thread whatever the workers, so the ids are the same
+    runs.append(prepare_data(corpus, tmp_path / "b", log=lambda _: None))
+    corpus.seed = 2
+    runs.append(prepare_data(corpus, tmp_path / "c", log=lambda _: None))
+
+    def ids(data, split):
+        pairs = data.dataset(split)
+        return [[side.tolist() for side in pairs[i]] for i in range(len(pairs))]
+
+    assert ids(runs[0], "train") == ids(runs[1], "train")
+    assert ids(runs[0], "train") != ids(runs[2], "train")
+    assert ids(runs[0], "valid") == ids(runs[2], "valid")  # the same vocabulary: the seed moved the sampling
+
+
+@pytest.mark.parametrize("field, value", [("bpe_dropout", 1.0), ("bpe_dropout", -0.1), ("bpe_dropout_copies", 0)])
+def test_bpe_dropout_out_of_range_is_refused(field, value):
+    with pytest.raises(ValueError, match=f"data.{field}"):
+        DataConfig(**{field: value})
+
+
 def test_second_call_only_loads(corpus, tmp_path):
     prepare_data(corpus, tmp_path / "run", log=lambda _: None)
     binary = tmp_path / "run" / "data" / "train.en.bin"

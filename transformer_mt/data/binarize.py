@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from itertools import chain, islice
+from itertools import chain, count, islice
 from pathlib import Path
 from queue import Queue
 from threading import Thread
@@ -94,13 +94,17 @@ def encode_pairs(
     *,
     texts: Sequence[Path] | None = None,
     workers: int = 1,
+    bpe_dropout: float = 0.0,
+    seed: int = 0,
     spent: dict[str, float] | None = None,
     progress: Callable[[int], object] = lambda n: None,
 ) -> dict[str, int]:
     """Encode (source, target) pairs chunk by chunk on `workers` threads into the token arrays
     `prefixes` (source, target), and the text itself into `texts` if given. Reading the pairs (Python)
-    runs in a thread ahead of encoding (sentencepiece releases the GIL). Adds to `spent` the seconds
-    spent waiting for text ("read"), encoding ("sentencepiece") and writing ("write")."""
+    runs in a thread ahead of encoding (sentencepiece releases the GIL). With `bpe_dropout` > 0 the
+    segmentations are sampled (`Vocabulary.encode_batch`), chunk i from the seed (`seed`, i), on one
+    thread. Adds to `spent` the seconds spent waiting for text ("read"), encoding ("sentencepiece")
+    and writing ("write")."""
     spent = spent if spent is not None else {}
     for part in ("read", "sentencepiece", "write"):
         spent.setdefault(part, 0.0)
@@ -108,14 +112,15 @@ def encode_pairs(
     with ExitStack() as files:
         sinks = [files.enter_context(open(p, "w", encoding="utf-8", newline="\n")) for p in texts or ()]
         chunks = _in_background(_chunks(pairs, CHUNK_PAIRS))
-        while True:
+        for index in count():
             tick = time.perf_counter()
             chunk = next(chunks, None)
             spent["read"] += (now := time.perf_counter()) - tick
             if chunk is None:
                 break
             sources, targets = [src for src, _ in chunk], [tgt for _, tgt in chunk]
-            ids = vocab.encode_batch(sources + targets, num_threads=workers)
+            chunk_seed = (seed * 1_000_003 + index) % 2**32  # sentencepiece's seed is 32 bits
+            ids = vocab.encode_batch(sources + targets, num_threads=workers, dropout=bpe_dropout, seed=chunk_seed)
             spent["sentencepiece"] += (tick := time.perf_counter()) - now
             writers[0].add(ids[: len(chunk)])
             writers[1].add(ids[len(chunk) :])
@@ -128,10 +133,10 @@ def encode_pairs(
         for path, sink in zip(texts or (), sinks, strict=True):
             with naming_the_file(path):
                 sink.close()
-    count = writers[0].close()
+    written = writers[0].close()
     writers[1].close()
     spent["write"] += time.perf_counter() - tick
-    return {"pairs": count, "src_tokens": writers[0].num_tokens, "tgt_tokens": writers[1].num_tokens}
+    return {"pairs": written, "src_tokens": writers[0].num_tokens, "tgt_tokens": writers[1].num_tokens}
 
 
 def _chunks(items: Iterator[T], size: int) -> Iterator[list[T]]:

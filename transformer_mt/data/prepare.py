@@ -35,6 +35,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Optional
 
@@ -76,6 +77,12 @@ class DataConfig:
     detokenize_train: str = "none"  # none | moses: undo Moses tokenization and escaping of train (sacremoses)
     workers: int = 2  # encoding threads
     seed: int = 1
+    # BPE-dropout (Provilkov et al. 2020), a regulariser for small corpora: train is encoded
+    # bpe_dropout_copies times, each copy segmented anew with every BPE merge skipped at this rate, so
+    # the model meets each sentence cut into pieces several ways (an epoch is then a pass over all the
+    # copies). Valid and test keep the one deterministic segmentation, as decoding does. 0: off.
+    bpe_dropout: float = 0.0
+    bpe_dropout_copies: int = 8
 
     def __post_init__(self) -> None:
         if self.source not in ("sample", "files", "hf"):
@@ -91,6 +98,11 @@ class DataConfig:
                 )
         if self.src_lang == self.tgt_lang:
             raise ValueError(f"data.src_lang and data.tgt_lang are both {self.src_lang!r}")
+        if not 0.0 <= self.bpe_dropout < 1.0 or self.bpe_dropout_copies < 1:
+            raise ValueError(
+                f"data.bpe_dropout must be in [0, 1) (got {self.bpe_dropout}) and data.bpe_dropout_copies "
+                f"at least 1 (got {self.bpe_dropout_copies})"
+            )
         if self.vocab_size <= 4 or self.spm_train_lines < 2 or self.workers < 1:
             raise ValueError("data.vocab_size must be > 4, data.spm_train_lines >= 2 and data.workers >= 1")
         if not 0.0 < self.character_coverage <= 1.0:
@@ -191,6 +203,8 @@ def prepare_data(
     seconds.update({f"encode_{part}": value for part, value in spent.items()})
     pairs = sum(s["pairs"] for s in splits.values())
     log(f"data: encoded {pairs} pairs in {seconds['encode']:.1f}s ({pairs / seconds['encode']:.0f} pairs/s)")
+    if cfg.bpe_dropout:
+        log(f"data: train is {cfg.bpe_dropout_copies} copies of its {stats.kept} pairs, each segmented with BPE-dropout {cfg.bpe_dropout}")
 
     # 4. The manifest, last and atomically.
     seconds["total"] = time.perf_counter() - start
@@ -250,6 +264,8 @@ def _shaping_fields(cfg: DataConfig) -> dict:
     if cfg.spm_model:  # the given model is the vocabulary: the settings for training one do not apply
         for name in ("vocab_size", "spm_train_lines", "character_coverage"):
             del fields[name]
+    if not cfg.bpe_dropout:  # off: the copies do not apply (and data prepared before the option still matches)
+        del fields["bpe_dropout"], fields["bpe_dropout_copies"]
     return fields
 
 
@@ -313,24 +329,31 @@ class _Reservoir:
 def _encode_split(
     corpus, split: str, cfg: DataConfig, vocab: Vocabulary, root: Path, total: int, spent: dict[str, float]
 ) -> dict:
-    """Encode one split into `{split}.{lang}.bin/.idx` (and `.txt` for valid/test)."""
-    pairs: Iterator[tuple[str, str]] = corpus.pairs(split)
-    if split == "train":
-        pairs = clean_pairs(pairs, CleaningStats("train"), **_rules(cfg))
+    """Encode one split into `{split}.{lang}.bin/.idx` (and `.txt` for valid/test); train once per
+    BPE-dropout copy, read and cleaned anew for each, one after the other in the same arrays."""
+    copies = cfg.bpe_dropout_copies if split == "train" and cfg.bpe_dropout else 1
+
+    def read() -> Iterator[tuple[str, str]]:
+        pairs = corpus.pairs(split)
+        return clean_pairs(pairs, CleaningStats("train"), **_rules(cfg)) if split == "train" else pairs
+
     langs = (cfg.src_lang, cfg.tgt_lang)
-    with _progress(None, total, f"encode {split}") as bar:
+    with _progress(None, total * copies, f"encode {split}") as bar:
         written = encode_pairs(
-            pairs,
+            chain.from_iterable(read() for _ in range(copies)),
             vocab,
             [root / f"{split}.{lang}" for lang in langs],
             texts=None if split == "train" else [root / f"{split}.{lang}.txt" for lang in langs],
             workers=cfg.workers,
+            bpe_dropout=cfg.bpe_dropout if split == "train" else 0.0,
+            seed=cfg.seed,
             spent=spent,
             progress=bar.update,
         )
-    if written["pairs"] != total:
+    if written["pairs"] != total * copies:
         raise RuntimeError(
-            f"{corpus.describe(split)}: {written['pairs']} pairs now, {total} on the first read; did it change?"
+            f"{corpus.describe(split)}: {written['pairs'] // copies} pairs now, {total} on the first read; "
+            "did it change?"
         )
     return written
 

@@ -61,8 +61,17 @@ class Vocabulary:
         """Subword ids of one line, without BOS or EOS."""
         return self._sp.encode(text, out_type=int)
 
-    def encode_batch(self, lines: list[str], num_threads: int = 1) -> list[list[int]]:
-        return self._sp.encode(lines, out_type=int, num_threads=num_threads)
+    def encode_batch(
+        self, lines: list[str], num_threads: int = 1, *, dropout: float = 0.0, seed: int = 0
+    ) -> list[list[int]]:
+        """Subword ids of each line. With `dropout` > 0 the segmentation is sampled: for a BPE model
+        each merge is skipped with that probability (BPE-dropout, Provilkov et al. 2020), for a
+        unigram model `dropout` is sentencepiece's smoothing alpha. Sampling draws from `seed` on one
+        thread, so the same lines and seed give the same ids."""
+        if dropout <= 0.0:
+            return self._sp.encode(lines, out_type=int, num_threads=num_threads)
+        spm.set_random_generator_seed(seed)  # process-wide; one thread keeps the draws in line order
+        return self._sp.encode(lines, out_type=int, enable_sampling=True, alpha=dropout, nbest_size=-1, num_threads=1)
 
     def decode(self, ids: Iterable[int]) -> str:
         """Detokenized text; special ids are dropped."""
