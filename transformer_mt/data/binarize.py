@@ -95,6 +95,7 @@ def encode_pairs(
     texts: Sequence[Path] | None = None,
     workers: int = 1,
     bpe_dropout: float = 0.0,
+    copies: int = 1,
     seed: int = 0,
     spent: dict[str, float] | None = None,
     progress: Callable[[int], object] = lambda n: None,
@@ -102,9 +103,10 @@ def encode_pairs(
     """Encode (source, target) pairs chunk by chunk on `workers` threads into the token arrays
     `prefixes` (source, target), and the text itself into `texts` if given. Reading the pairs (Python)
     runs in a thread ahead of encoding (sentencepiece releases the GIL). With `bpe_dropout` > 0 the
-    segmentations are sampled (`Vocabulary.encode_batch`), chunk i from the seed (`seed`, i), on one
-    thread. Adds to `spent` the seconds spent waiting for text ("read"), encoding ("sentencepiece")
-    and writing ("write")."""
+    segmentations are sampled (`Vocabulary.encode_batch`) on one thread, and each chunk is encoded
+    `copies` times, copy c of chunk i from the seed (`seed`, i x copies + c): the text is read once
+    however many copies are written. Adds to `spent` the seconds spent waiting for text ("read"),
+    encoding ("sentencepiece") and writing ("write")."""
     spent = spent if spent is not None else {}
     for part in ("read", "sentencepiece", "write"):
         spent.setdefault(part, 0.0)
@@ -119,11 +121,12 @@ def encode_pairs(
             if chunk is None:
                 break
             sources, targets = [src for src, _ in chunk], [tgt for _, tgt in chunk]
-            chunk_seed = (seed * 1_000_003 + index) % 2**32  # sentencepiece's seed is 32 bits
-            ids = vocab.encode_batch(sources + targets, num_threads=workers, dropout=bpe_dropout, seed=chunk_seed)
+            for copy in range(copies):
+                copy_seed = (seed * 1_000_003 + index * copies + copy) % 2**32  # sentencepiece's seed is 32 bits
+                ids = vocab.encode_batch(sources + targets, num_threads=workers, dropout=bpe_dropout, seed=copy_seed)
+                writers[0].add(ids[: len(chunk)])
+                writers[1].add(ids[len(chunk) :])
             spent["sentencepiece"] += (tick := time.perf_counter()) - now
-            writers[0].add(ids[: len(chunk)])
-            writers[1].add(ids[len(chunk) :])
             for path, sink, lines in zip(texts or (), sinks, (sources, targets), strict=False):
                 with naming_the_file(path):
                     sink.write("\n".join(lines) + "\n")

@@ -35,7 +35,6 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from itertools import chain
 from pathlib import Path
 from typing import Optional
 
@@ -204,7 +203,10 @@ def prepare_data(
     pairs = sum(s["pairs"] for s in splits.values())
     log(f"data: encoded {pairs} pairs in {seconds['encode']:.1f}s ({pairs / seconds['encode']:.0f} pairs/s)")
     if cfg.bpe_dropout:
-        log(f"data: train is {cfg.bpe_dropout_copies} copies of its {stats.kept} pairs, each segmented with BPE-dropout {cfg.bpe_dropout}")
+        log(
+            f"data: train is {cfg.bpe_dropout_copies} copies of its {stats.kept} pairs, "
+            f"each segmented with BPE-dropout {cfg.bpe_dropout}"
+        )
 
     # 4. The manifest, last and atomically.
     seconds["total"] = time.perf_counter() - start
@@ -329,23 +331,23 @@ class _Reservoir:
 def _encode_split(
     corpus, split: str, cfg: DataConfig, vocab: Vocabulary, root: Path, total: int, spent: dict[str, float]
 ) -> dict:
-    """Encode one split into `{split}.{lang}.bin/.idx` (and `.txt` for valid/test); train once per
-    BPE-dropout copy, read and cleaned anew for each, one after the other in the same arrays."""
-    copies = cfg.bpe_dropout_copies if split == "train" and cfg.bpe_dropout else 1
-
-    def read() -> Iterator[tuple[str, str]]:
-        pairs = corpus.pairs(split)
-        return clean_pairs(pairs, CleaningStats("train"), **_rules(cfg)) if split == "train" else pairs
-
+    """Encode one split into `{split}.{lang}.bin/.idx` (and `.txt` for valid/test); train in
+    `bpe_dropout_copies` sampled segmentations when BPE-dropout is on."""
+    pairs: Iterator[tuple[str, str]] = corpus.pairs(split)
+    if split == "train":
+        pairs = clean_pairs(pairs, CleaningStats("train"), **_rules(cfg))
+    dropout = cfg.bpe_dropout if split == "train" else 0.0  # valid and test: as decoding segments them
+    copies = cfg.bpe_dropout_copies if dropout else 1
     langs = (cfg.src_lang, cfg.tgt_lang)
-    with _progress(None, total * copies, f"encode {split}") as bar:
+    with _progress(None, total, f"encode {split}") as bar:
         written = encode_pairs(
-            chain.from_iterable(read() for _ in range(copies)),
+            pairs,
             vocab,
             [root / f"{split}.{lang}" for lang in langs],
             texts=None if split == "train" else [root / f"{split}.{lang}.txt" for lang in langs],
             workers=cfg.workers,
-            bpe_dropout=cfg.bpe_dropout if split == "train" else 0.0,
+            bpe_dropout=dropout,
+            copies=copies,
             seed=cfg.seed,
             spent=spent,
             progress=bar.update,
