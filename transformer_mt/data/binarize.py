@@ -121,12 +121,13 @@ def encode_pairs(
             if chunk is None:
                 break
             sources, targets = [src for src, _ in chunk], [tgt for _, tgt in chunk]
-            for copy in range(copies):
-                copy_seed = (seed * 1_000_003 + index * copies + copy) % 2**32  # sentencepiece's seed is 32 bits
-                ids = vocab.encode_batch(sources + targets, num_threads=workers, dropout=bpe_dropout, seed=copy_seed)
+            both = sources + targets
+            seeds = [(seed * 1_000_003 + index * copies + c) % 2**32 for c in range(copies)]  # sentencepiece's are 32 bits
+            encoded = [vocab.encode_batch(both, num_threads=workers, dropout=bpe_dropout, seed=s) for s in seeds]
+            spent["sentencepiece"] += (tick := time.perf_counter()) - now
+            for ids in encoded:
                 writers[0].add(ids[: len(chunk)])
                 writers[1].add(ids[len(chunk) :])
-            spent["sentencepiece"] += (tick := time.perf_counter()) - now
             for path, sink, lines in zip(texts or (), sinks, (sources, targets), strict=False):
                 with naming_the_file(path):
                     sink.write("\n".join(lines) + "\n")
