@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from transformer_mt.models.dropout import dropout
 from transformer_mt.models.interface import DecoderState
 
 
@@ -259,7 +260,7 @@ class SelfAttention(MultiHeadAttention):
         weights = attention_probabilities(
             q, k, padding_mask=padding_mask, causal=self.causal, window=self.window
         )
-        out = torch.matmul(F.dropout(weights, self.dropout_p, self.training), v)
+        out = torch.matmul(dropout(weights, self.dropout_p, self.training), v)
         return self.merge_heads(out), weights
 
 
@@ -317,7 +318,7 @@ class CrossAttention(MultiHeadAttention):
         q = self.split_heads(self.q_proj(x))
         k, v = (self.split_heads(part) for part in self.kv_proj(memory).chunk(2, dim=-1))
         weights = attention_probabilities(q, k, padding_mask=memory_padding_mask)
-        out = torch.matmul(F.dropout(weights, self.dropout_p, self.training), v)
+        out = torch.matmul(dropout(weights, self.dropout_p, self.training), v)
         return self.merge_heads(out), weights
 
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
+from transformer_mt.models.dropout import Dropout
 from transformer_mt.models.interface import (
     AttentionWeights,
     DecoderState,
@@ -128,7 +129,7 @@ class EncoderConvLayer(nn.Module):
         super().__init__()
         self.residual = _linear(in_channels, out_channels) if in_channels != out_channels else None
         self.conv = _glu_conv(in_channels, out_channels, kernel_width, dropout)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.padding = ((kernel_width - 1) // 2, kernel_width // 2)  # left, right
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
@@ -170,7 +171,7 @@ class DecoderConvLayer(nn.Module):
         self.residual = _linear(in_channels, out_channels) if in_channels != out_channels else None
         self.conv = _glu_conv(in_channels, out_channels, kernel_width, dropout)
         self.attention = MultiStepAttention(out_channels, embed_dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.kernel_width = kernel_width
 
     def forward(self, x: Tensor, target_embedding: Tensor, memory: EncoderOutput) -> tuple[Tensor, Tensor]:
@@ -207,7 +208,7 @@ class ConvS2S(EncoderDecoder):
         self.pad_id = pad_id
         self.vocab_size = vocab_size
         E, p = cfg.embed_dim, cfg.dropout
-        self.dropout = nn.Dropout(p)
+        self.dropout = Dropout(p)
 
         self.encoder_embed = _embedding(vocab_size, E, pad_id)
         self.encoder_positions = _embedding(cfg.max_positions, E, None)

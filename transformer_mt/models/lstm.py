@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from transformer_mt.models.dropout import Dropout
 from transformer_mt.models.interface import (
     AttentionWeights,
     DecoderState,
@@ -135,7 +136,7 @@ class LSTMEncoder(nn.Module):
         super().__init__()
         self.embed = embed
         self.embed_scale = math.sqrt(cfg.embed_dim) if cfg.scale_embeddings else 1.0
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         hidden, rest_layers, rest_input = cfg.hidden_size, cfg.encoder_layers, cfg.embed_dim
         self.first: nn.LSTM | None = None
         if cfg.bidirectional_first:
@@ -186,7 +187,7 @@ class LSTMDecoder(nn.Module):
         hidden = cfg.hidden_size
         self.embed = embed
         self.embed_scale = math.sqrt(cfg.embed_dim) if cfg.scale_embeddings else 1.0
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         input_size = cfg.embed_dim + hidden if cfg.input_feeding else cfg.embed_dim
         between = cfg.dropout if cfg.decoder_layers > 1 else 0.0
         self.lstm = nn.LSTM(

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from transformer_mt.models.attention import CrossAttention, SelfAttention
+from transformer_mt.models.dropout import Dropout
 from transformer_mt.models.interface import (
     AttentionWeights,
     DecoderState,
@@ -117,7 +118,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(d_model, ffn_dim)
         self.fc2 = nn.Linear(ffn_dim, d_model)
-        self.dropout = nn.Dropout(activation_dropout)
+        self.dropout = Dropout(activation_dropout)
         for fc in (self.fc1, self.fc2):
             nn.init.xavier_uniform_(fc.weight)
             nn.init.zeros_(fc.bias)
@@ -127,7 +128,7 @@ class FeedForward(nn.Module):
 
 
 def residual(
-    x: Tensor, sublayer: Callable[[Tensor], Tensor], norm: nn.LayerNorm, dropout: nn.Dropout, pre_norm: bool
+    x: Tensor, sublayer: Callable[[Tensor], Tensor], norm: nn.LayerNorm, dropout: Dropout, pre_norm: bool
 ) -> Tensor:
     """LayerNorm(x + Dropout(Sublayer(x))) (section 3.1, 5.4), or x + Dropout(Sublayer(LayerNorm(x)))."""
     if pre_norm:
@@ -149,7 +150,7 @@ class EncoderLayer(nn.Module):
         self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.activation_dropout)
         self.self_attn_norm = nn.LayerNorm(cfg.d_model)
         self.ffn_norm = nn.LayerNorm(cfg.d_model)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, padding_mask: Tensor) -> Tensor:
         """x: (batch, src_len, d_model); padding_mask: (batch, src_len), True at padding."""
@@ -190,7 +191,7 @@ class DecoderLayer(nn.Module):
         self.self_attn_norm = nn.LayerNorm(cfg.d_model)
         self.cross_attn_norm = nn.LayerNorm(cfg.d_model)
         self.ffn_norm = nn.LayerNorm(cfg.d_model)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, memory: EncoderOutput, state: DecoderState | None) -> Tensor:
         """x: (batch, tgt_len, d_model), or (batch, 1, d_model) with a state."""
@@ -247,7 +248,7 @@ class Transformer(EncoderDecoder):
         )
         self.encoder_positions = PositionEmbedding(cfg.positions, cfg.max_positions, cfg.d_model)
         self.decoder_positions = PositionEmbedding(cfg.positions, cfg.max_positions, cfg.d_model)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
         self.encoder_layers = nn.ModuleList(EncoderLayer(cfg, i) for i in range(cfg.encoder_layers))
         self.decoder_layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.decoder_layers))
