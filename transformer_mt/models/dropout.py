@@ -2,9 +2,9 @@
 
 Each element is zeroed with probability p and the kept ones are scaled by 1 / (1 - p), as
 `nn.Dropout` does. On a CPU, PyTorch's own kernel draws its mask with `bernoulli_`, which costs
-about twice what drawing uniform floats and comparing them with p does (5.7 ms against 2.7 ms for
-a 4096 x 128 activation on 2 AMD EPYC cores): with 22 dropouts a step, the Multi30k Transformer
-preset spent 14% of its step there (docs/benchmarks.md). So on a CPU the mask is
+about twice what drawing uniform floats and comparing them with p does (`F.dropout` 6.8 ms against
+3.7 ms for a 4096 x 128 activation on 2 AMD EPYC cores): with 22 dropouts a step, the Multi30k
+Transformer preset spent 14% of its step in `bernoulli_` (docs/benchmarks.md). So on a CPU the mask is
 `uniform(0, 1) >= p`, drawn in fp32 whatever the activation's dtype (a bf16 uniform has 8 bits
 and would skew p); elsewhere `F.dropout` keeps its fused kernels. Either way the same distribution;
 the masks differ, as they would between two seeds.

@@ -9,8 +9,8 @@ The gradient is written by hand, in the buffer of the forward's log-probabilitie
 p = softmax(logits) and q the smoothed target, d loss / d logits = p - q, and d nll / d logits =
 p - one_hot. Left to autograd, the same loss made five (positions x vocabulary) tensors a step (the
 gather's and the mean's gradients, their sum, the log-softmax's gradient), and on a CPU each fresh
-tensor of that size costs its page faults as much as its arithmetic: the Multi30k Transformer spent
-about 14% of its step on them (docs/benchmarks.md). Here the backward makes none.
+tensor of that size costs its page faults as much as its arithmetic: in a profile of the Multi30k
+Transformer's step, about a tenth of it (docs/benchmarks.md). Here the backward makes none.
 """
 
 from __future__ import annotations
