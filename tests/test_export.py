@@ -93,9 +93,11 @@ def our_max_lengths(checkpoint: Path, sources: list[str]) -> list[int]:
 
 
 def assert_greedy_matches(theirs: list[list[int]], mine: list, max_lengths: list[int]) -> None:
-    """>= 99% identical; every other one identical up to our maximum length, where we force EOS."""
+    """Identical, except where our output reached our maximum length (we force EOS there, the other
+    engine may go on): those must agree up to it. The sample's small models loop on a few sentences
+    (8 of 500 for one of them), so at least 95% must end before the limit, compared whole."""
     identical = sum(t == h.tokens for t, h in zip(theirs, mine, strict=True))
-    assert identical >= 0.99 * len(mine), f"only {identical} of {len(mine)} greedy outputs identical"
+    assert identical >= 0.95 * len(mine), f"only {identical} of {len(mine)} greedy outputs identical"
     for t, h, limit in zip(theirs, mine, max_lengths, strict=True):
         if t != h.tokens:
             assert len(h.tokens) == limit and t[:limit] == h.tokens, (t, h.tokens)
@@ -384,10 +386,8 @@ def test_the_readme_export_commands_and_python_translate_as_we_do(post_run, tmp_
     printed = ran.stdout.splitlines()
     sources = re.findall(r'sp\.encode\("([^"]+)"', python) + re.findall(r'tokenizer\(\["([^"]+)"\]', python)
     assert len(printed) == len(sources) == 2, (printed, sources)
-    # The CTranslate2 lines of the README use its default length penalty (1.0), the Hugging Face
-    # ones the exported generation config (the run's beam 4 and length penalty 0.6).
-    expected = [
-        ours(checkpoint_of(post_run), [sources[0]], beam=4, lenpen=1.0)[0].text,
-        ours(checkpoint_of(post_run), [sources[1]], beam=4, lenpen=0.6)[0].text,
-    ]
+    # Both README lines ask for length penalty 0 (beam 4: CTranslate2's argument, the exported
+    # generation config's): the three searches then rank by log-probability alone. At another alpha
+    # the engines' length ** alpha and our GNMT penalty may rank a sentence's beam differently.
+    expected = [ours(checkpoint_of(post_run), [source], beam=4, lenpen=0.0)[0].text for source in sources]
     assert printed == expected
